@@ -1,0 +1,1 @@
+"""Shared libraries of GridHub: flow control, event contracts, platform plumbing. Never imports services."""

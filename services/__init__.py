@@ -1,0 +1,1 @@
+"""GridHub services; each is one package and never imports another."""
