@@ -1,0 +1,61 @@
+# GridHub's front door. `make run` and `make test` install what they need themselves (Python packages with uv,
+# Kafka jars with Maven, PostgreSQL and Mosquitto with apt-get) and are safe to run again.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON ?= python3
+
+# Recursive (=) so that a uv installed by the `deps` recipe is found by the recipes after it.
+UV = $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY = $(UV) run --frozen --no-sync
+
+.PHONY: help deps stack-up stack-down stack-status run test test-unit lint typecheck imports contracts bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+deps: .venv/.synced ## install the Python packages (uv, from the lock file)
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || { \
+	  echo "installing uv from PyPI"; \
+	  python3 -m pip install --user --quiet uv || python3 -m pip install --user --quiet --break-system-packages uv; }
+	$(UV) sync --frozen
+	@touch $@
+
+stack-up: deps ## start Kafka (KRaft), PostgreSQL and Mosquitto on 127.0.0.1 (idempotent)
+	$(PY) python -m stack up
+
+stack-down: deps ## stop exactly the processes the stack started
+	$(PY) python -m stack down
+
+stack-status: deps ## show what runs, where, and its log
+	$(PY) python -m stack status
+
+run: stack-up ## bring the stack up (the services join with later work)
+	@echo "GridHub stack is up: Kafka 127.0.0.1:$${GRIDHUB_KAFKA_PORT:-9092}, PostgreSQL 127.0.0.1:$${GRIDHUB_PG_PORT:-5432}, MQTT 127.0.0.1:$${GRIDHUB_MQTT_PORT:-1883}"
+	@echo "Stop it with: make stack-down"
+
+lint: deps ## ruff lint and format check
+	$(PY) ruff check .
+	$(PY) ruff format --check .
+
+typecheck: deps ## mypy --strict on libs/
+	$(PY) mypy
+
+imports: deps ## the import contract: no service imports another, libs never import services
+	$(PY) lint-imports
+
+contracts: deps ## regenerate the committed contracts from code
+	$(PY) python -m libs.events.schemas
+
+test-unit: deps ## unit and contract tests only (no stack needed)
+	$(PY) pytest tests/unit tests/contract
+
+test: lint typecheck imports stack-up ## everything: lint, types, import contract, unit, contract, integration tests
+	$(PY) pytest
+
+bench: stack-up ## benchmarks (later issues)
+	$(PY) python -m bench
+
+clean: stack-down ## stop the stack and delete its data
+	rm -rf .stack

@@ -1,0 +1,183 @@
+"""Transactional outbox: events written with the state change, relayed to Kafka after commit, never lost.
+
+Writers call :func:`add_to_outbox` inside their own transaction, so an event exists exactly when its state change
+was committed (a rolled-back change never reaches Kafka). The :class:`OutboxRelay` claims unpublished rows with
+``FOR UPDATE SKIP LOCKED`` in id order, publishes them with the no-loss producer, waits for every ack, and only
+then marks them published in the same transaction. A relay killed mid-batch leaves its rows unmarked, so the
+next relay publishes them again: delivery is at least once, and consumers deduplicate by event id.
+
+Key order: one relay is active per database at a time (a PostgreSQL advisory lock held by its listening
+connection; standbys take over when its connection dies), rows go out in id order on an idempotent producer,
+and a batch is fully acknowledged before the next is claimed. Writers of one key serialise on that key's
+aggregate row, so ids of one key follow commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from libs.platform.db import Connection
+
+OUTBOX_MIGRATIONS = Path(__file__).parent / "sql" / "outbox"
+OUTBOX_COMPONENT = "platform.outbox"
+_RELAY_LOCK = 0x6F75_7462_6F78  # "outbox": one active relay per database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """A Kafka record waiting in the outbox."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+async def add_to_outbox(conn: Connection, records: Sequence[OutboxRecord]) -> None:
+    """Write ``records`` to the outbox within the caller's open transaction."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("add_to_outbox must run inside the transaction of the state change")
+    await conn.executemany(
+        "INSERT INTO outbox (topic, key, value, header_names, header_values) VALUES ($1, $2, $3, $4, $5)",
+        [
+            (r.topic, r.key, r.value, [name for name, _ in r.headers], [value for _, value in r.headers])
+            for r in records
+        ],
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to Kafka in key order and marks them after the broker acks."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        producer: AIOKafkaProducer,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 5.0,
+        publish_timeout: float = 30.0,
+        retention_seconds: float = 86_400.0,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._publish_timeout = publish_timeout
+        self._retention_seconds = retention_seconds
+        self._max_backoff = max_backoff
+        # Bounded by construction: set or not set, never a queue of notifications.
+        self._wake = asyncio.Event()
+        self._last_purge = 0.0
+        self.published_total = 0
+        self.is_leader = False
+
+    async def relay_once(self) -> int:
+        """Claim, publish and mark one batch; return how many records went out."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value, header_names, header_values FROM outbox "
+                "WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            # send() in id order queues each record behind the earlier ones of its partition; the idempotent
+            # producer keeps that order through retries. Waiting on all acks is bounded by batch_size.
+            acks = []
+            for row in rows:
+                headers = list(zip(row["header_names"], row["header_values"], strict=True))
+                acks.append(await self._producer.send(row["topic"], row["value"], key=row["key"], headers=headers))
+            async with asyncio.timeout(self._publish_timeout):
+                await asyncio.gather(*acks)
+            await conn.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
+        self.published_total += len(rows)
+        return len(rows)
+
+    async def backlog(self) -> tuple[int, float]:
+        """(unpublished rows, age in seconds of the oldest one) — the relay's lag."""
+        row = await self._pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
+            "FROM outbox WHERE published_at IS NULL"
+        )
+        assert row is not None
+        return int(row["n"]), float(row["age"])
+
+    async def _purge(self) -> None:
+        now = time.monotonic()
+        if now - self._last_purge < 60:
+            return
+        self._last_purge = now
+        await self._pool.execute(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+            self._retention_seconds,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set: standby until leader, then drain on every NOTIFY (or poll)."""
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                async with self._pool.acquire() as listener:
+                    await self._lead(listener, stop)
+                backoff = 0.1
+            except (TimeoutError, OSError, asyncpg.PostgresError, ConnectionError) as exc:
+                self.is_leader = False
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+            except Exception:
+                self.is_leader = False
+                log.exception("outbox relay: publishing failed; retrying in %.1fs", backoff)
+            # Capped exponential backoff with jitter: Kafka or PostgreSQL down never turns into a busy loop.
+            await _wait(stop, backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _lead(self, listener: Connection, stop: asyncio.Event) -> None:
+        while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
+            if await _wait(stop, self._poll_interval):
+                return
+        self.is_leader = True
+        channel = f"outbox_{await listener.fetchval('SELECT current_schema()')}"
+        await listener.add_listener(channel, self._on_notify)
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                while await self.relay_once() == self._batch_size and not stop.is_set():
+                    pass
+                await self._purge()
+                await _wait(stop, self._poll_interval, self._wake)
+        finally:
+            self.is_leader = False
+            await listener.remove_listener(channel, self._on_notify)
+            await listener.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+
+async def _wait(stop: asyncio.Event, timeout: float, wake: asyncio.Event | None = None) -> bool:
+    """Wait up to ``timeout`` for ``stop`` (or ``wake``); return whether ``stop`` is set."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return stop.is_set()
