@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Dev-only credentials, clearly marked: the stack binds to 127.0.0.1 and these never leave this machine.
 # Production secrets come from the deployment (k8s Secrets, compose ${VAR:?}), never from here.
-DEV_PASSWORD_SUFFIX = "-dev-password"
+DEV_PASSWORD_SUFFIX = "-dev-only-password"
 SERVICE_DATABASES = ("collection", "customers", "workorders", "readside", "gridhub_test")
 MQTT_SERVICE_USERS = ("collection", "gridhub_test")
 
@@ -44,7 +44,7 @@ class StackConfig:
 
     @staticmethod
     def password(user: str) -> str:
-        """The dev password of a stack user (role, MQTT user): ``<user>-dev-password``."""
+        """The dev password of a stack user (role, MQTT user): ``<user>-dev-only-password``."""
         return f"{user}{DEV_PASSWORD_SUFFIX}"
 
     def postgres_dsn(self, database: str) -> str:
