@@ -19,9 +19,10 @@ def parts(config: StackConfig) -> tuple[Kafka, Postgres, Mosquitto]:
 
 def up(config: StackConfig) -> None:
     started = time.monotonic()
-    kafka, postgres, mosquitto = parts(config)
-    for part in (kafka, postgres, mosquitto):
+    for part in parts(config):
         part.install()
+    # Built again after installing: where PostgreSQL and Mosquitto live depends on their OS users existing.
+    kafka, postgres, mosquitto = parts(config)
     # Start all three before waiting on any: Kafka's JVM start overlaps PostgreSQL's and Mosquitto's.
     kafka.start()
     postgres.start()

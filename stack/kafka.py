@@ -169,13 +169,14 @@ class Kafka:
     async def ensure_topics(self) -> list[str]:
         """Create the topics of libs.events.topics that are missing; return the names created."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from libs.events.topics import TOPIC_SPECS
+
+        from libs.events.topics import TOPICS
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.config.kafka_bootstrap, request_timeout_ms=10000)
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            missing = [spec for spec in TOPIC_SPECS if spec.name not in existing]
+            missing = [spec for spec in TOPICS if spec.name not in existing]
             if missing:
                 await admin.create_topics(
                     [
@@ -184,7 +185,7 @@ class Kafka:
                             num_partitions=spec.partitions,
                             replication_factor=1,
                             topic_configs={
-                                "retention.ms": str(spec.retention_ms),
+                                **spec.config(),
                                 "min.insync.replicas": "1",
                                 "unclean.leader.election.enable": "false",
                             },

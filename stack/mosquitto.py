@@ -12,6 +12,7 @@ from stack.process import (
     StackError,
     ensure_packages,
     ensure_port_free,
+    home_for,
     read_pid,
     run,
     spawn,
@@ -44,14 +45,18 @@ class Mosquitto:
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self.home = config.root / "mosquitto"
+        self.os_user = "mosquitto" if os.geteuid() == 0 else None
+        try:
+            reach_user = pwd.getpwnam(self.os_user).pw_name if self.os_user else None
+        except KeyError:
+            reach_user = None  # the package, which creates the user, is not installed yet
+        self.home = home_for(config.root, "mosquitto", reach_user)
         self.conf = self.home / "mosquitto.conf"
         self.passwd = self.home / "passwd"
         self.acl = self.home / "acl"
         self.data = self.home / "data"
         self.log_file = self.home / "mosquitto.log"
         self.pid_file = self.home / "mosquitto.pid.stack"
-        self.os_user = "mosquitto" if os.geteuid() == 0 else None
 
     def pid(self) -> int | None:
         return read_pid(self.pid_file)

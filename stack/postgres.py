@@ -12,6 +12,7 @@ from stack.process import (
     StackError,
     ensure_packages,
     ensure_port_free,
+    home_for,
     process_matches,
     run,
     tail,
@@ -37,12 +38,18 @@ class Postgres:
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self.home = config.root / "postgres"
+        # initdb refuses to run as root: as root we run the cluster as Debian's postgres user.
+        self.os_user = "postgres" if os.geteuid() == 0 else None
+        self.home = home_for(config.root, "postgres", self.os_user if self._user_exists() else None)
         self.data = self.home / "data"
         self.sockets = self.home / "run"
         self.log_file = self.home / "postgres.log"
-        # initdb refuses to run as root: as root we run the cluster as Debian's postgres user.
-        self.os_user = "postgres" if os.geteuid() == 0 else None
+
+    def _user_exists(self) -> bool:
+        try:
+            return self.os_user is not None and pwd.getpwnam(self.os_user) is not None
+        except KeyError:
+            return False  # the package, which creates the user, is not installed yet
 
     def _bin(self, tool: str) -> str:
         bin_dir = _bin_dir()
@@ -70,24 +77,11 @@ class Postgres:
             for p in [path, *path.rglob("*")]:
                 os.chown(p, entry.pw_uid, entry.pw_gid)
 
-    def _check_traversable(self) -> None:
-        if not self.os_user:
-            return
-        entry = pwd.getpwnam(self.os_user)
-        for parent in [self.home, *self.home.parents]:
-            st = parent.stat()
-            if st.st_uid != entry.pw_uid and not st.st_mode & 0o001:
-                raise StackError(
-                    f"the postgres user cannot enter {parent} (mode {oct(st.st_mode & 0o777)}); "
-                    f"set GRIDHUB_STACK_DIR to a folder it can reach, e.g. /var/tmp/gridhub-stack"
-                )
-
     def _initdb(self) -> None:
         if (self.data / "PG_VERSION").exists():
             return
         print("  initialising a PostgreSQL cluster in", self.data)
         self.home.mkdir(parents=True, exist_ok=True)
-        self._check_traversable()
         self.data.mkdir(mode=0o700, exist_ok=True)
         self.sockets.mkdir(mode=0o700, exist_ok=True)
         pwfile = self.home / "superuser.pw"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -172,6 +173,32 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
             f"{what}: port {host}:{port} is already taken by a process the stack did not start. "
             f"Stop it or choose another port (see README, 'Ports')."
         )
+
+
+def home_for(root: Path, name: str, user: str | None) -> Path:
+    """The folder of a part whose processes run as ``user``: inside ``root`` when ``user`` can reach it.
+
+    PostgreSQL and Mosquitto drop from root to their own OS users, which cannot enter a checkout inside a private
+    folder (a CI clone in a mode-700 temp dir). Then the part lives in a folder of its own under /var/tmp, named
+    after the checkout so two clones never share one.
+    """
+    if user is None or _reachable(root, user):
+        return root / name
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    fallback = Path("/var/tmp") / f"gridhub-stack-{digest}"
+    fallback.mkdir(mode=0o755, exist_ok=True)
+    return fallback / name
+
+
+def _reachable(root: Path, user: str) -> bool:
+    entry = pwd.getpwnam(user)
+    for folder in [root, *root.resolve().parents]:
+        if not folder.exists():
+            continue
+        st = folder.stat()
+        if st.st_uid != entry.pw_uid and not st.st_mode & 0o001:
+            return False
+    return True
 
 
 _apt_updated = False
