@@ -9,8 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError
-from libs.events.topics import TOPIC_SPECS
 
+from libs.events.topics import TOPICS
 from libs.platform.kafka import start_producer
 from stack.config import StackConfig
 from stack.kafka import Kafka
@@ -64,11 +64,11 @@ async def test_stack_topics_exist_with_six_partitions_and_retention(stack: Stack
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics([spec.name for spec in TOPIC_SPECS])
+        described = await admin.describe_topics([spec.name for spec in TOPICS])
     finally:
         await admin.close()
     partitions = {t["topic"]: len(t["partitions"]) for t in described}
-    assert partitions == {spec.name: 6 for spec in TOPIC_SPECS}
+    assert partitions == {spec.name: 6 for spec in TOPICS}
     names = set(partitions)
     assert {"meter.readings.v1", "meter.readings.v1.dlq", "customers.v1", "workorders.v1.dlq"} <= names
 
