@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -146,6 +147,8 @@ class Kafka:
     async def wait_ready(self, timeout: float) -> None:
         from aiokafka.admin import AIOKafkaAdminClient
 
+        # aiokafka logs every refused connection while the JVM starts; the deadline below reports failure.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         deadline = asyncio.get_running_loop().time() + timeout
         last_error: BaseException | None = None
         while asyncio.get_running_loop().time() < deadline:

@@ -65,3 +65,6 @@ def test_up_twice_then_down_leaves_nothing_running(stack: StackConfig) -> None:
     finally:
         stack_cli("down", env)
         shutil.rmtree(root, ignore_errors=True)
+        for part in parts[1:]:  # PostgreSQL and Mosquitto may live outside a private checkout
+            if not part.home.is_relative_to(root):
+                shutil.rmtree(part.home.parent, ignore_errors=True)
