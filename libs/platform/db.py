@@ -8,6 +8,8 @@ from typing import Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from libs.platform.health import ProbeCheck, probe_check
+
 # A plain connection or one borrowed from a pool: everything GridHub does with a connection works on both.
 Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
@@ -48,3 +50,8 @@ async def check_postgres(pool: asyncpg.Pool[Any], timeout: float = 2.0) -> None:
         value = await pool.fetchval("SELECT 1")
     if value != 1:
         raise RuntimeError(f"unexpected answer from PostgreSQL: {value!r}")
+
+
+def postgres_readiness(pool: asyncpg.Pool[Any], *, timeout: float = 2.0) -> ProbeCheck:
+    """The ``/readyz`` check of a service's database."""
+    return probe_check("postgres", lambda: check_postgres(pool, timeout), timeout=timeout)

@@ -11,6 +11,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from libs.platform.health import ProbeCheck, probe_check
+
 NO_LOSS_SETTINGS: dict[str, Any] = {
     "acks": "all",
     "enable_idempotence": True,
@@ -55,3 +57,8 @@ async def check_kafka(producer: AIOKafkaProducer, timeout: float = 3.0) -> None:
         ok = await producer.client.fetch_all_metadata()
     if ok is None:
         raise RuntimeError("Kafka returned no cluster metadata")
+
+
+def kafka_readiness(producer: AIOKafkaProducer, *, timeout: float = 3.0) -> ProbeCheck:
+    """The ``/readyz`` check of a service's Kafka connection."""
+    return probe_check("kafka", lambda: check_kafka(producer, timeout), timeout=timeout)
