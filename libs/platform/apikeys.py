@@ -145,7 +145,7 @@ class InMemoryKeyStore:
     async def add(self, record: ApiKeyRecord) -> None:
         """Store a new record; raise ValueError when its key id exists."""
         if record.key_id in self._records:
-            raise ValueError(f"key id {record.key_id} exists")
+            raise ValueError(f"API key id {record.key_id} already exists")
         self._records[record.key_id] = record
 
     async def revoke(self, key_id: str, *, at: datetime | None = None) -> bool:
