@@ -208,6 +208,10 @@ def require_role(role: Role | str) -> Callable[..., Awaitable[ApiKeyRecord]]:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         header_key: Annotated[str | None, Depends(_api_key_header)],
     ) -> ApiKeyRecord:
+        # ApiKeyMiddleware may have authenticated the caller already (so quotas could key on the client).
+        early: ApiKeyRecord | None = getattr(request.state, "api_key", None)
+        if early is not None:
+            return _with_role(early, required)
         plain_key = bearer.credentials if bearer is not None else header_key
         if not plain_key:
             raise _unauthorized("an API key is required", invalid=False)
@@ -218,9 +222,13 @@ def require_role(role: Role | str) -> Callable[..., Awaitable[ApiKeyRecord]]:
                 logger.warning("api key rejected", extra={"key_id": key_id})
             raise _unauthorized("the API key is invalid or revoked", invalid=True)
         request.state.api_key = record
-        if not record.role.allows(required):
-            detail = f"role '{record.role}' may not do this; '{required}' is required"
-            raise ProblemError(Problem.from_status(403, detail))
-        return record
+        return _with_role(record, required)
 
     return api_key_with_role
+
+
+def _with_role(record: ApiKeyRecord, required: Role) -> ApiKeyRecord:
+    if not record.role.allows(required):
+        detail = f"role '{record.role}' may not do this; '{required}' is required"
+        raise ProblemError(Problem.from_status(403, detail))
+    return record
