@@ -23,8 +23,13 @@ class FlowMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         registry = REGISTRY if registry is None else registry
+        # Labelled by policy too: a request passing a boundary's quota and its bulkhead is admitted twice, once
+        # by each, and a sum over policies would count it twice.
         self.admitted = Counter(
-            "gridhub_flow_admitted", "Units admitted by a flow-control policy.", ["boundary"], registry=registry
+            "gridhub_flow_admitted",
+            "Units admitted by a flow-control policy.",
+            ["boundary", "policy"],
+            registry=registry,
         )
         self.rejected = Counter(
             "gridhub_flow_rejected",
@@ -60,7 +65,7 @@ class FlowMetrics:
         self.limit = Gauge(
             "gridhub_flow_limit", "Current concurrency limit (bulkhead or adaptive).", ["boundary"], registry=registry
         )
-        self._boundaries: dict[str, BoundaryMetrics] = {}
+        self._boundaries: dict[tuple[str, str], BoundaryMetrics] = {}
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry | None = None) -> FlowMetrics:
@@ -71,21 +76,22 @@ class FlowMetrics:
             metrics = _BY_REGISTRY[registry] = cls(registry)
         return metrics
 
-    def boundary(self, name: str) -> BoundaryMetrics:
-        """The observer for boundary `name` (one per name)."""
-        observer = self._boundaries.get(name)
+    def boundary(self, name: str, policy: str = "unspecified") -> BoundaryMetrics:
+        """The observer for `policy` (quota, bulkhead, ...) of boundary `name` (one per pair)."""
+        observer = self._boundaries.get((name, policy))
         if observer is None:
-            observer = self._boundaries[name] = BoundaryMetrics(self, name)
+            observer = self._boundaries[(name, policy)] = BoundaryMetrics(self, name, policy)
         return observer
 
 
 class BoundaryMetrics:
     """An `Observer` writing one boundary's label set."""
 
-    def __init__(self, metrics: FlowMetrics, boundary: str) -> None:
+    def __init__(self, metrics: FlowMetrics, boundary: str, policy: str = "unspecified") -> None:
         self.boundary = boundary
+        self.policy = policy
         self._metrics = metrics
-        self._admitted = metrics.admitted.labels(boundary)
+        self._admitted = metrics.admitted.labels(boundary, policy)
         self._depth = metrics.buffer_depth.labels(boundary)
         self._in_flight = metrics.in_flight.labels(boundary)
         self._breaker = metrics.breaker_state.labels(boundary)

@@ -237,7 +237,11 @@ def build_boundary(
 ) -> Boundary:
     """Build the policy objects `policy` declares, sharing `clock` and the `name` metrics."""
     clock = clock or MonotonicClock()
-    observer = NULL_OBSERVER if metrics is None else metrics.boundary(name)
+
+    def observer_of(kind: str) -> Observer:
+        return NULL_OBSERVER if metrics is None else metrics.boundary(name, kind)
+
+    observer = observer_of("buffer")  # the boundary's own: its buffer and admission controller report here
     boundary = Boundary(name, policy, clock, observer)
     if (quota := policy.quota) is not None:
         overrides = {key: Rate(spec.rate, spec.burst) for key, spec in quota.overrides.items()}
@@ -248,11 +252,11 @@ def build_boundary(
             idle_ttl=quota.idle_ttl,
             max_keys=quota.max_keys,
             clock=clock,
-            observer=observer,
+            observer=observer_of("quota"),
         )
     if (throttle := policy.throttle) is not None:
         boundary.throttle = Throttle(
-            throttle.rate, throttle.burst, max_wait=throttle.max_wait, clock=clock, observer=observer
+            throttle.rate, throttle.burst, max_wait=throttle.max_wait, clock=clock, observer=observer_of("throttle")
         )
     if (bulkhead := policy.bulkhead) is not None:
         boundary.bulkhead = Bulkhead(
@@ -261,7 +265,7 @@ def build_boundary(
             max_waiting=bulkhead.max_waiting,
             retry_after=bulkhead.retry_after,
             clock=clock,
-            observer=observer,
+            observer=observer_of("bulkhead"),
         )
     if (limiter := policy.limiter) is not None:
         boundary.limiter = AdaptiveLimiter(
@@ -269,7 +273,7 @@ def build_boundary(
             max_wait=limiter.max_wait,
             retry_after=limiter.retry_after,
             clock=clock,
-            observer=observer,
+            observer=observer_of("limiter"),
         )
     if (breaker := policy.breaker) is not None:
         boundary.breaker = CircuitBreaker(
@@ -286,7 +290,7 @@ def build_boundary(
             record_exceptions=record_exceptions,
             ignore_exceptions=ignore_exceptions,
             clock=clock,
-            observer=observer,
+            observer=observer_of("breaker"),
         )
     if (delivery := policy.delivery) is not None:
         boundary.delivery = DeliveryPolicy(**delivery.model_dump())

@@ -372,8 +372,9 @@ async def test_boundary_settings_and_prometheus_metrics(clock: FakeClock) -> Non
     def sample(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, {"boundary": "rest_ingress", **labels})
 
-    # The quota and the bulkhead share the boundary's observer: one request admitted by both counts twice.
-    assert sample("gridhub_flow_admitted_total") == 3
+    # Each policy counts its own admissions: two requests passed the quota, one reached the bulkhead.
+    assert sample("gridhub_flow_admitted_total", policy="quota") == 2
+    assert sample("gridhub_flow_admitted_total", policy="bulkhead") == 1
     assert sample("gridhub_flow_rejected_total", reason="quota") == 1
     assert sample("gridhub_flow_rejected_total", reason="body_too_large") == 1
     assert sample("gridhub_flow_in_flight") == 0

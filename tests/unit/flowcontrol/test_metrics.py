@@ -17,13 +17,13 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 async def test_every_policy_writes_the_same_series_labelled_by_boundary(clock: FakeClock) -> None:
     registry = CollectorRegistry()
     metrics = FlowMetrics(registry)
-    rest = metrics.boundary("rest_ingress")
-    assert metrics.boundary("rest_ingress") is rest
+    rest = metrics.boundary("rest_ingress", "quota")
+    assert metrics.boundary("rest_ingress", "quota") is rest
 
     quota = Quota(rate=1, burst=2, clock=clock, observer=rest)
     for _ in range(3):
         quota.try_acquire("client")
-    bulkhead = Bulkhead(1, clock=clock, observer=rest)
+    bulkhead = Bulkhead(1, clock=clock, observer=metrics.boundary("rest_ingress", "bulkhead"))
     await bulkhead.acquire()
     with pytest.raises(BulkheadFull):
         await bulkhead.acquire()
@@ -38,7 +38,9 @@ async def test_every_policy_writes_the_same_series_labelled_by_boundary(clock: F
     breaker.transition_to(BreakerState.OPEN)
     soap.waited(0.3)
 
-    assert value(registry, "gridhub_flow_admitted_total", boundary="rest_ingress") == 3
+    # Each policy counts what it admitted: a sum over policies would count a request once per policy.
+    assert value(registry, "gridhub_flow_admitted_total", boundary="rest_ingress", policy="quota") == 2
+    assert value(registry, "gridhub_flow_admitted_total", boundary="rest_ingress", policy="bulkhead") == 1
     assert value(registry, "gridhub_flow_rejected_total", boundary="rest_ingress", reason="quota") == 1
     assert value(registry, "gridhub_flow_rejected_total", boundary="rest_ingress", reason="bulkhead_full") == 1
     assert value(registry, "gridhub_flow_in_flight", boundary="rest_ingress") == 1
