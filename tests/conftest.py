@@ -57,10 +57,14 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Awaitab
     await admin.start()
     created: list[str] = []
 
-    async def create(prefix: str = "test", partitions: int = 6) -> str:
+    async def create(prefix: str = "test", partitions: int = 6, *, with_dlq: bool = False) -> str:
+        """Create `<prefix>.<random>`; with `with_dlq`, also its dead-letter topic `<name>.dlq`."""
         name = f"{prefix}.{uuid.uuid4().hex[:10]}"
-        await admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1)])
-        created.append(name)
+        names = [name, f"{name}.dlq"] if with_dlq else [name]
+        await admin.create_topics(
+            [NewTopic(name=topic, num_partitions=partitions, replication_factor=1) for topic in names]
+        )
+        created.extend(names)
         return name
 
     try:
