@@ -1,0 +1,158 @@
+"""HTTP Basic authentication of client systems (billing, customer centre, work orders), passwords hashed at rest.
+
+Each client system has a name and a password; settings hold only ``scrypt$n$r$p$salt$hash`` strings. scrypt
+because people may choose these passwords, so a leaked hash must be slow to guess. Its cost (about 50 ms and
+16 MiB) is paid once per client and process: a verified password is remembered as an HMAC under a key that
+lives only in memory. Uncached checks (first call, wrong passwords, unknown clients) run in a thread and are
+limited per remote address by a quota, so guessing, or burning our CPU with bad passwords, is refused early.
+
+Make a hash: ``python -m services.customers.auth`` (reads the password from the terminal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import getpass
+import hashlib
+import hmac
+import re
+import secrets
+import sys
+from collections.abc import Mapping
+
+from libs.flowcontrol.errors import QuotaExceeded
+from libs.flowcontrol.quota import Quota
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+_MAXMEM = 64 * 1024 * 1024
+_DKLEN = 32
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_HASH = re.compile(r"scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)")
+_MAX_REMEMBERED = 4  # per client: the current password and a few during a rotation
+_REALM = 'Basic realm="gridhub-customers", charset="UTF-8"'
+
+
+class CredentialChecksExceeded(QuotaExceeded):
+    """Too many uncached password checks from one address (Server.Busy, 429)."""
+
+    reason = "credential_checks_exceeded"
+
+
+class AuthenticationFailed(Exception):
+    """No, malformed or wrong credentials (HTTP 401, Client.Authentication)."""
+
+    challenge = _REALM
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$n$r$p$salt$hash`` of ``password`` with a random 16-byte salt."""
+    salt = secrets.token_bytes(16) if salt is None else salt
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=_MAXMEM, dklen=_DKLEN
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def check_hash_format(encoded: str) -> str:
+    """Return ``encoded`` when it is a hash `verify_password` can use; ValueError otherwise."""
+    match = _HASH.fullmatch(encoded)
+    if match is None:
+        raise ValueError("a client credential must be 'scrypt$n$r$p$salt$hash' (python -m services.customers.auth)")
+    n, r, p = (int(group) for group in match.groups()[:3])
+    if n < 2**14 or n & (n - 1) or r < 8 or p < 1 or 128 * r * n * p > _MAXMEM // 2:
+        raise ValueError("scrypt parameters must be n >= 2**14 (a power of two), r >= 8, p >= 1 and fit 32 MiB")
+    return encoded
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Check ``password`` against a `hash_password` string in constant time (slow by design)."""
+    match = _HASH.fullmatch(encoded)
+    if match is None:
+        return False
+    n, r, p = (int(group) for group in match.groups()[:3])
+    try:
+        salt, expected = _unb64(match.group(4)), _unb64(match.group(5))
+    except (binascii.Error, ValueError):
+        return False
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=len(expected))
+    return hmac.compare_digest(digest, expected)
+
+
+def parse_basic(authorization: str | None) -> tuple[str, str] | None:
+    """(client, password) from an ``Authorization: Basic ...`` header, or None when there is none usable."""
+    if not authorization:
+        return None
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic" or not encoded or len(encoded) > 1024:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client, sep, password = decoded.partition(":")
+    if not sep or not CLIENT_NAME.fullmatch(client):
+        return None
+    return client, password
+
+
+class ClientAuthenticator:
+    """Verifies Basic credentials against the configured client systems; returns the client's name."""
+
+    def __init__(self, clients: Mapping[str, str], attempts: Quota) -> None:
+        self._clients = dict(clients)
+        self._attempts = attempts
+        self._memory_key = secrets.token_bytes(32)
+        self._verified: dict[str, set[bytes]] = {}
+        # Compared against when the client is unknown, so a miss costs as much as a wrong password.
+        self._dummy = hash_password(secrets.token_urlsafe(16))
+
+    async def authenticate(self, authorization: str | None, remote: str) -> str:
+        """The client's name; `AuthenticationFailed` or `CredentialChecksExceeded` otherwise."""
+        credentials = parse_basic(authorization)
+        if credentials is None:
+            raise AuthenticationFailed("HTTP Basic credentials of a client system are required")
+        client, password = credentials
+        token = hmac.new(self._memory_key, f"{client}:{password}".encode(), hashlib.sha256).digest()
+        if token in self._verified.get(client, ()):
+            return client
+        decision = self._attempts.try_acquire(remote)
+        if not decision.allowed:
+            raise CredentialChecksExceeded(
+                "too many credential checks from this address", retry_after=decision.retry_after
+            )
+        encoded = self._clients.get(client)
+        ok = await asyncio.to_thread(verify_password, password, encoded or self._dummy)
+        if not ok or encoded is None:
+            raise AuthenticationFailed("unknown client or wrong password")
+        remembered = self._verified.setdefault(client, set())
+        if len(remembered) >= _MAX_REMEMBERED:
+            remembered.clear()
+        remembered.add(token)
+        return client
+
+
+def main() -> None:
+    """Print the settings entry for a client system: ``"<client>": "<hash>"``."""
+    client = sys.argv[1] if len(sys.argv) > 1 else input("client system name: ")
+    if not CLIENT_NAME.fullmatch(client):
+        raise SystemExit("client names are 1-64 letters, digits, '.', '_' or '-'")
+    password = getpass.getpass(f"password for {client}: ")
+    if len(password) < 16:
+        raise SystemExit("use a generated password of at least 16 characters")
+    print(f'"{client}": "{hash_password(password)}"')
+
+
+if __name__ == "__main__":
+    main()
