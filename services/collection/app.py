@@ -1,0 +1,266 @@
+"""The composition root: builds every part of the collection service from its settings, nothing else.
+
+``create_app(settings)`` returns the ASGI app. Its lifespan starts the real parts (the no-loss Kafka producer
+and its publisher, the PostgreSQL pool with the API-key table, the MQTT ingress task) unless a test passed
+replacements. Tests run it in-process: ``async with app.router.lifespan_context(app)`` plus
+``httpx.ASGITransport(app=app)``.
+
+Middleware, outermost first: correlation id, request metrics, API-key identity (so the quota keys on the client
+system), flow control (quota -> 429, body size -> 413, bulkhead -> 503), then the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry
+from starlette.middleware import Middleware
+
+from libs.flowcontrol.asgi import FlowControlMiddleware, client_key_resolver
+from libs.flowcontrol.clock import Clock
+from libs.flowcontrol.metrics import FlowMetrics
+from libs.flowcontrol.policy import Boundary, build_boundaries
+from libs.platform.apikeys import ApiKeyRecord, KeyStore, set_key_store
+from libs.platform.apikeys_asgi import ApiKeyMiddleware, CachedKeyStore
+from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
+from libs.platform.db import check_postgres, create_pool
+from libs.platform.health import ReadinessCheck, ReadinessRegistry, health_router, probe_check
+from libs.platform.kafka import check_kafka, start_producer
+from libs.platform.logging import CorrelationIdMiddleware
+from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
+from libs.platform.migrations import migrate
+from libs.platform.problems import install_problem_handlers
+from services.collection import api
+from services.collection.adapters.kafka import KafkaPublisher, Publisher
+from services.collection.domain import ValidationRules
+from services.collection.handlers import Pipeline
+from services.collection.metrics import CollectionMetrics
+from services.collection.mqtt import MqttIngress
+from services.collection.openapi import install_openapi
+from services.collection.settings import CollectionSettings
+
+logger = logging.getLogger(__name__)
+
+WallClock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Parts:
+    """What the bootstrap built for one app: shared by the REST routes, the MQTT ingress and readiness."""
+
+    settings: CollectionSettings
+    registry: CollectorRegistry
+    boundaries: dict[str, Boundary]
+    metrics: CollectionMetrics
+    pipeline: Pipeline
+    producer: AIOKafkaProducer | None = None
+    pool: asyncpg.Pool[Any] | None = None
+    mqtt: MqttIngress | None = None
+
+
+def build_parts(
+    settings: CollectionSettings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
+) -> Parts:
+    """The policy objects, metrics and validation settings (no I/O)."""
+    registry = REGISTRY if registry is None else registry
+    boundaries = build_boundaries(dict(settings.boundaries), clock=clock, metrics=FlowMetrics.for_registry(registry))
+    pipeline = Pipeline(
+        rules=ValidationRules(future_tolerance=timedelta(seconds=settings.future_tolerance_seconds)),
+        event_source=settings.event_source,
+        max_batch_items=settings.max_batch_items,
+        dead_letter_rejections=settings.dead_letter_rest_rejections,
+    )
+    return Parts(settings, registry, boundaries, CollectionMetrics(registry), pipeline)
+
+
+def create_publisher(parts: Parts, producer: AIOKafkaProducer) -> KafkaPublisher:
+    """The Kafka publisher behind the ``kafka_producer`` boundary's breaker and timeout."""
+    policy = parts.boundaries["kafka_producer"]
+    return KafkaPublisher(producer, breaker=policy.breaker, timeout=policy.policy.timeout or 10.0)
+
+
+def create_mqtt_ingress(
+    parts: Parts, publisher: Publisher, *, clock: Clock | None = None, wall_clock: WallClock = _utcnow
+) -> MqttIngress:
+    """The MQTT ingress with the ``mqtt_ingress`` boundary's device quota and buffer."""
+    boundary = parts.boundaries["mqtt_ingress"]
+    if boundary.quota is None:
+        raise LookupError("boundaries.mqtt_ingress declares no quota")
+    quota = boundary.quota
+
+    def buffer() -> Any:
+        return boundary.buffer(on_drop=None)
+
+    return MqttIngress(
+        parts.settings.mqtt,
+        publisher=publisher,
+        pipeline=parts.pipeline,
+        quota=quota,
+        buffer_factory=buffer,
+        metrics=parts.metrics,
+        clock=clock or boundary.clock,
+        wall_clock=wall_clock,
+    )
+
+
+class _KeyStoreSlot:
+    """The app's `KeyStore`, filled in by the lifespan: the middleware exists before the database pool does."""
+
+    def __init__(self) -> None:
+        self.store: KeyStore | None = None
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        """The record of ``key_id``; None before the service started."""
+        return None if self.store is None else await self.store.get(key_id)
+
+    async def add(self, record: ApiKeyRecord) -> None:
+        """Store a new record."""
+        if self.store is None:
+            raise RuntimeError("the service has not started")
+        await self.store.add(record)
+
+    async def revoke(self, key_id: str, *, at: datetime | None = None) -> bool:
+        """Revoke a key."""
+        if self.store is None:
+            raise RuntimeError("the service has not started")
+        return await self.store.revoke(key_id, at=at)
+
+
+def _default_checks(parts: Parts) -> list[ReadinessCheck]:
+    # Late-bound: the producer and pool exist only while the app runs.
+    async def kafka() -> None:
+        if parts.producer is None:
+            raise RuntimeError("no Kafka producer")
+        await check_kafka(parts.producer, 3.0)
+
+    async def postgres() -> None:
+        if parts.pool is None:
+            raise RuntimeError("no database pool")
+        await check_postgres(parts.pool, 2.0)
+
+    return [probe_check("kafka", kafka, timeout=3.0), probe_check("postgres", postgres, timeout=2.0)]
+
+
+def create_app(
+    settings: CollectionSettings,
+    *,
+    publisher: Publisher | None = None,
+    key_store: KeyStore | None = None,
+    readiness_checks: Sequence[ReadinessCheck] | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: Clock | None = None,
+    wall_clock: WallClock = _utcnow,
+    on_fatal: Callable[[BaseException], object] | None = None,
+) -> FastAPI:
+    """The collection service's ASGI app; real Kafka, PostgreSQL and MQTT unless replacements are given.
+
+    ``publisher`` replaces the Kafka producer, ``key_store`` the PostgreSQL key store (each then drops its
+    readiness check unless ``readiness_checks`` says otherwise). ``on_fatal`` is called if the MQTT ingress
+    dies (``__main__`` stops the server: a replica that no longer consumes must be restarted).
+    """
+    parts = build_parts(settings, registry=registry, clock=clock)
+    keys = _KeyStoreSlot()
+    readiness = ReadinessRegistry(_default_checks(parts) if readiness_checks is None else readiness_checks)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            active = publisher
+            if active is None:
+                parts.producer = await start_producer(
+                    settings.kafka_bootstrap_servers, settings.kafka_client_id, linger_ms=settings.kafka_linger_ms
+                )
+                stack.push_async_callback(parts.producer.stop)
+                active = create_publisher(parts, parts.producer)
+            store = key_store
+            if store is None:
+                parts.pool = await create_pool(
+                    settings.postgres_dsn.get_secret_value(),
+                    max_size=settings.postgres_pool_size,
+                    schema=settings.postgres_schema,
+                    application_name=settings.service_name,
+                )
+                stack.push_async_callback(parts.pool.close)
+                async with parts.pool.acquire() as connection:
+                    await migrate(connection, APIKEY_COMPONENT, APIKEY_MIGRATIONS)
+                store = CachedKeyStore(PostgresKeyStore(parts.pool), ttl=settings.api_key_cache_seconds)
+            keys.store = store
+            rest_policy = settings.boundaries.rest_ingress
+            app.state.rest = api.RestDependencies(
+                publisher=active,
+                pipeline=parts.pipeline,
+                metrics=parts.metrics,
+                max_body_bytes=rest_policy.max_body_bytes or 4 * 1024 * 1024,
+                wall_clock=wall_clock,
+            )
+            if settings.mqtt.enabled:
+                parts.mqtt = create_mqtt_ingress(parts, active, clock=clock, wall_clock=wall_clock)
+                task = asyncio.create_task(parts.mqtt.run(), name="mqtt-ingress")
+                task.add_done_callback(lambda done: _ingress_ended(done, on_fatal))
+                stack.push_async_callback(_cancel, task)
+            try:
+                yield
+            finally:
+                app.state.rest = None
+                keys.store = None
+
+    app = FastAPI(
+        title="GridHub collection",
+        version="1.0.0",
+        summary="Meter readings and meter events from client systems into Kafka.",
+        lifespan=lifespan,
+        middleware=[
+            Middleware(CorrelationIdMiddleware),
+            Middleware(RequestMetricsMiddleware, registry=parts.registry),
+            Middleware(ApiKeyMiddleware, store=keys),
+            # Per-client quota (429 + Retry-After + RateLimit), body size (413), requests in flight (503).
+            Middleware(
+                FlowControlMiddleware,
+                boundary=parts.boundaries["rest_ingress"],
+                client_key=client_key_resolver(header=None),
+            ),
+        ],
+    )
+    app.state.parts = parts
+    app.state.rest = None
+    set_key_store(app, keys)
+    install_problem_handlers(app)
+    app.include_router(api.router)
+    app.include_router(health_router(readiness))
+    mount_metrics(app, registry=parts.registry)
+    install_openapi(app, settings)
+    return app
+
+
+def _ingress_ended(task: asyncio.Task[None], on_fatal: Callable[[BaseException], object] | None) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None:
+        return
+    logger.critical("the MQTT ingress stopped", exc_info=error)
+    if on_fatal is not None:
+        on_fatal(error)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    # A failed ingress was logged when it ended; shutting down must not raise it again.
+    with suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+__all__ = ["Parts", "build_parts", "create_app", "create_mqtt_ingress", "create_publisher"]

@@ -1,0 +1,213 @@
+"""The MQTT contract as an AsyncAPI 3 document, generated: ``python -m services.collection.asyncapi [--check]``.
+
+Payload schemas come from the same pydantic models the validator uses; limits from the default settings. The
+committed file is ``contracts/asyncapi/collection.yaml``; a contract test fails when it and the code disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML, a FastStream dependency
+from pydantic import TypeAdapter
+
+from services.collection.domain import AlarmInput, ReadingInput
+from services.collection.settings import CollectionSettings, MqttSettings
+
+CONTRACT = Path(__file__).resolve().parents[2] / "contracts" / "asyncapi" / "collection.yaml"
+_REF = "#/components/schemas/{model}"
+EXAMPLE_METERPOINT = "571313180400000025"
+
+DESCRIPTION = """\
+Smart meters (and gateways speaking for one meter) publish interval readings and alarms to the DSO's MQTT
+broker; GridHub's collection service consumes them and publishes them to Kafka (`meter.readings.v1`,
+`meter.events.v1`).
+
+Devices
+- log in with their meterpoint id (GSRN-18) as user name and their own password; the broker's ACL lets a
+  device publish only to `gridhub/meters/<its meterpoint>/readings` and `.../events` (anything else is
+  refused: PUBACK reason 0x87 Not authorized);
+- publish with QoS 1. The broker acknowledges (PUBACK) once it stored the message; the collection service
+  acknowledges its own delivery only after Kafka has the readings, so nothing acknowledged is lost.
+
+Payload: one JSON object, or a JSON array of objects, UTF-8. Every item is validated as over REST: GSRN check
+digit, `meterpoint_id` equal to the topic's (otherwise the whole message is refused), RFC 3339 timestamps
+with an offset, `interval_end` on a boundary of its resolution (in UTC) and not in the future, value 0 to
+999999999.999 with at most 3 decimals, unit fitting the register, value 0 when quality is `missing`.
+A refused message (or the refused items of a batch) is recorded with its reason in `meter.readings.v1.dlq` /
+`meter.events.v1.dlq`; valid items of the same message are published. Sending a message again is safe: ids
+are deterministic (meterpoint, register, interval end, source), so a resent reading is the same event.
+
+Flow control: each device has a quota (readings per second with a burst); a device over it is slowed (its
+messages wait), never dropped.
+"""
+
+
+def _example_reading(minute: int, value: float) -> dict[str, Any]:
+    return {
+        "meterpoint_id": EXAMPLE_METERPOINT,
+        "register": "active_import",
+        "interval_end": f"2025-03-01T10:{minute:02d}:00Z",
+        "resolution": "PT15M",
+        "value": value,
+        "unit": "kWh",
+        "quality": "measured",
+    }
+
+
+def document(settings: MqttSettings) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document for ``settings``' topics and limits."""
+    schemas: dict[str, Any] = {}
+    for model in (ReadingInput, AlarmInput):
+        schema = TypeAdapter(model).json_schema(ref_template=_REF, mode="validation")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    limit = settings.max_readings_per_message
+    prefix = settings.topic_prefix
+
+    def payload(model: str) -> dict[str, Any]:
+        ref = {"$ref": f"#/components/schemas/{model}"}
+        return {"oneOf": [ref, {"type": "array", "items": ref, "minItems": 1, "maxItems": limit}]}
+
+    def channel(kind: str, message: str, description: str) -> dict[str, Any]:
+        return {
+            "address": f"{prefix}/{{meterpointId}}/{kind}",
+            "description": description,
+            "parameters": {
+                "meterpointId": {
+                    "description": "The device's meterpoint id (GSRN-18), which is also its MQTT user name.",
+                    "examples": [EXAMPLE_METERPOINT],
+                }
+            },
+            "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+        }
+
+    def operation(channel_name: str, message: str, summary: str) -> dict[str, Any]:
+        return {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/{channel_name}"},
+            "summary": summary,
+            "description": f"Consumed through the shared subscription `$share/{settings.share_group}/"
+            f"{prefix}/+/{channel_name.removeprefix('meter').lower()}` with QoS 1, a persistent session and manual "
+            f"acknowledgement after Kafka's ack (MQTT 5 Receive Maximum {settings.receive_maximum}).",
+            "bindings": {"mqtt": {"qos": 1, "bindingVersion": "0.2.0"}},
+            "messages": [{"$ref": f"#/channels/{channel_name}/messages/{message}"}],
+        }
+
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "GridHub collection: MQTT ingress",
+            "version": "1.0.0",
+            "description": DESCRIPTION,
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "host": f"{settings.host}:{settings.port}",
+                "protocol": "mqtt",
+                "protocolVersion": "5",
+                "description": "The local stack's Mosquitto. Production: the DSO's broker over TLS (mqtts, 8883).",
+                "security": [{"$ref": "#/components/securitySchemes/devicePassword"}],
+            }
+        },
+        "channels": {
+            "meterReadings": channel("readings", "readings", "Interval readings of one meterpoint."),
+            "meterEvents": channel("events", "meterEvents", "Alarms of one meterpoint (outage, tamper, ...)."),
+        },
+        "operations": {
+            "receiveReadings": operation("meterReadings", "readings", "Readings into meter.readings.v1"),
+            "receiveMeterEvents": operation("meterEvents", "meterEvents", "Alarms into meter.events.v1"),
+        },
+        "components": {
+            "messages": {
+                "readings": {
+                    "name": "readings",
+                    "title": "Readings",
+                    "summary": f"One reading, or an array of 1 to {limit}.",
+                    "contentType": "application/json",
+                    "payload": payload("ReadingInput"),
+                    "examples": [
+                        {"name": "one", "payload": _example_reading(15, 0.412)},
+                        {"name": "batch", "payload": [_example_reading(15, 0.412), _example_reading(30, 0.388)]},
+                    ],
+                },
+                "meterEvents": {
+                    "name": "meterEvents",
+                    "title": "Meter events",
+                    "summary": f"One alarm, or an array of 1 to {limit}.",
+                    "contentType": "application/json",
+                    "payload": payload("AlarmInput"),
+                    "examples": [
+                        {
+                            "name": "outage",
+                            "payload": {
+                                "meterpoint_id": EXAMPLE_METERPOINT,
+                                "alarm": "power_failure",
+                                "raised_at": "2025-03-02T03:41:00Z",
+                            },
+                        }
+                    ],
+                },
+            },
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {
+                "devicePassword": {
+                    "type": "userPassword",
+                    "description": "User name = the meterpoint id; one password per device "
+                    "(python -m services.collection.devices add <meterpoint>).",
+                }
+            },
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
+    """Writes multi-line text as literal blocks and repeats shared values instead of YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _text(dumper: Any, value: str) -> Any:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def render(content: dict[str, Any]) -> bytes:
+    """The YAML bytes of the committed file."""
+    text: str = yaml.dump(content, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    return text.encode()
+
+
+def generated() -> bytes:
+    """The document as the code describes it, with the default settings."""
+    return render(document(CollectionSettings.defaults().mqtt))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the document, or with ``--check`` exit 1 when the committed file differs from the code."""
+    parser = argparse.ArgumentParser(prog="python -m services.collection.asyncapi", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when file and code differ")
+    parser.add_argument("--out", type=Path, default=CONTRACT, help="target file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    content = generated()
+    if args.check:
+        if not args.out.exists() or args.out.read_bytes() != content:
+            print(f"{args.out} differs from the code; run python -m services.collection.asyncapi", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(content)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The collection service's committed OpenAPI and AsyncAPI documents are what the code generates."""
+
+from __future__ import annotations
+
+import yaml  # type: ignore[import-untyped,unused-ignore]
+
+from services.collection import asyncapi, openapi
+
+
+def test_openapi_document_matches_the_code() -> None:
+    assert openapi.CONTRACT.read_bytes() == openapi.generated(), (
+        "contracts/openapi/collection.json is stale: run python -m services.collection.openapi"
+    )
+
+
+def test_asyncapi_document_matches_the_code() -> None:
+    assert asyncapi.CONTRACT.read_bytes() == asyncapi.generated(), (
+        "contracts/asyncapi/collection.yaml is stale: run python -m services.collection.asyncapi"
+    )
+
+
+def test_asyncapi_document_is_asyncapi_3_with_both_topics() -> None:
+    document = yaml.safe_load(asyncapi.CONTRACT.read_text())
+    assert document["asyncapi"] == "3.0.0"
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == {"gridhub/meters/{meterpointId}/readings", "gridhub/meters/{meterpointId}/events"}
+    for operation in document["operations"].values():
+        assert operation["action"] == "receive"
+        assert operation["bindings"]["mqtt"]["qos"] == 1
