@@ -6,7 +6,7 @@ was committed (a rolled-back change never reaches Kafka). The :class:`OutboxRela
 then marks them published in the same transaction. A relay killed mid-batch leaves its rows unmarked, so the
 next relay publishes them again: delivery is at least once, and consumers deduplicate by event id.
 
-Key order: one relay is active per database at a time (a PostgreSQL advisory lock held by its listening
+Key order: one relay is active per outbox table at a time (a PostgreSQL advisory lock held by its listening
 connection; standbys take over when its connection dies), rows go out in id order on an idempotent producer,
 and a batch is fully acknowledged before the next is claimed. Writers of one key serialise on that key's
 aggregate row, so ids of one key follow commit order.
@@ -30,7 +30,7 @@ from libs.platform.db import Connection
 
 OUTBOX_MIGRATIONS = Path(__file__).parent / "sql" / "outbox"
 OUTBOX_COMPONENT = "platform.outbox"
-_RELAY_LOCK = 0x6F75_7462_6F78  # "outbox": one active relay per database
+_RELAY_LOCK_CLASS = 0x6F75_7462  # "outb": with the schema's hash, one active relay per outbox table
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,10 @@ class OutboxRelay:
             backoff = min(backoff * 2, self._max_backoff)
 
     async def _lead(self, listener: Connection, stop: asyncio.Event) -> None:
-        while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
+        # One lock per outbox table (database + schema): services sharing a database never block each other.
+        while not await listener.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", _RELAY_LOCK_CLASS
+        ):
             if await _wait(stop, self._poll_interval):
                 return
         self.is_leader = True
@@ -164,7 +167,7 @@ class OutboxRelay:
         finally:
             self.is_leader = False
             await listener.remove_listener(channel, self._on_notify)
-            await listener.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK)
+            await listener.execute("SELECT pg_advisory_unlock($1, hashtext(current_schema()))", _RELAY_LOCK_CLASS)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

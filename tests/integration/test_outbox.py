@@ -168,3 +168,43 @@ async def test_add_to_outbox_refuses_to_write_outside_a_transaction(pg_dsn: str,
             assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
     finally:
         await pool.close()
+
+
+async def test_one_leader_per_outbox_table(pg_dsn: str, kafka_bootstrap: str) -> None:
+    """Two relays of one outbox: one leads, one stands by; a relay of another schema leads its own."""
+    from libs.platform.kafka import start_producer
+    from libs.platform.outbox import OutboxRelay
+
+    schemas = [f"t_lead_{n}_{os.getpid()}" for n in range(2)]
+    admin = await create_pool(pg_dsn, max_size=1)
+    pools = []
+    producer = await start_producer(kafka_bootstrap, "test-relay-leaders")
+    stop = asyncio.Event()
+    try:
+        for schema in schemas:
+            await admin.execute(f"CREATE SCHEMA {schema}")
+            pool = await create_pool(pg_dsn, schema=schema, max_size=3)
+            async with pool.acquire() as conn:
+                await migrate(conn, OUTBOX_COMPONENT, OUTBOX_MIGRATIONS)
+            pools.append(pool)
+        first, standby, other = (
+            OutboxRelay(pools[0], producer, poll_interval=0.2),
+            OutboxRelay(pools[0], producer, poll_interval=0.2),
+            OutboxRelay(pools[1], producer, poll_interval=0.2),
+        )
+        tasks = [asyncio.create_task(relay.run(stop)) for relay in (first, standby, other)]
+
+        async def settled() -> bool:
+            return other.is_leader and (first.is_leader != standby.is_leader)
+
+        await wait_for(settled, 10, "one leader per outbox table")
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await producer.stop()
+        for pool in pools:
+            await pool.close()
+        for schema in schemas:
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
