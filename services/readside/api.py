@@ -1,0 +1,292 @@
+"""The query API: thin handlers over `views.ViewQueries`, with ETags and freshness on every answer.
+
+ETags are weak and cover the data only, not the freshness block: a client revalidating with ``If-None-Match``
+gets 304 while the data it holds is unchanged, and the ``Readside-*`` headers (on 200 and 304 alike) still tell
+it how far behind the log the views are.
+
+``python -m services.readside.api`` writes the OpenAPI document to contracts/openapi/readside.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from hashlib import blake2b
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from pydantic import AwareDatetime, BaseModel, StringConstraints
+from starlette.responses import Response
+
+from libs.events import Gsrn, Register, WorkOrderStatus
+from libs.platform.apikeys import Role, require_role
+from libs.platform.problems import PROBLEM_JSON, Problem, ProblemError, install_problem_handlers
+from services.readside.models import (
+    Consumption,
+    CustomerOverview,
+    Freshness,
+    MeterpointOverview,
+    Resolution,
+    WorkOrderPage,
+)
+from services.readside.settings import ReadsideSettings
+from services.readside.views import ViewQueries
+
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "contracts" / "openapi" / "readside.json"
+API_VERSION = "1.0.0"
+HEADER_VERSION = "Readside-View-Version"
+HEADER_LAG = "Readside-Lag"
+HEADER_APPLIED_AT = "Readside-Applied-At"
+
+_OPAQUE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CustomerId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+_PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+_FRESHNESS_HEADERS = {
+    HEADER_VERSION: {"description": "Version of the views that answered.", "schema": {"type": "integer"}},
+    HEADER_LAG: {"description": "Records of the source topics not yet applied.", "schema": {"type": "integer"}},
+    HEADER_APPLIED_AT: {"description": "When the newest applied batch was committed.", "schema": {"type": "string"}},
+    "ETag": {"description": "Weak validator of the data (not of the freshness).", "schema": {"type": "string"}},
+}
+
+
+def _responses(*problems: int) -> dict[int | str, dict[str, Any]]:
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"headers": _FRESHNESS_HEADERS},
+        304: {"description": "Not Modified: the data matches If-None-Match.", "headers": _FRESHNESS_HEADERS},
+        401: {"description": "No valid API key.", **_PROBLEM},
+    }
+    for status in problems:
+        responses[status] = {"description": Problem.from_status(status).title, **_PROBLEM}
+    return responses
+
+
+def get_queries(request: Request) -> ViewQueries:
+    """The app's `ViewQueries` (set by the composition root)."""
+    queries: ViewQueries = request.app.state.queries
+    return queries
+
+
+def get_settings(request: Request) -> ReadsideSettings:
+    """The app's settings."""
+    settings: ReadsideSettings = request.app.state.settings
+    return settings
+
+
+QueriesDep = Annotated[ViewQueries, Depends(get_queries)]
+SettingsDep = Annotated[ReadsideSettings, Depends(get_settings)]
+
+
+def etag_of(body: BaseModel) -> str:
+    """A weak ETag of the answer's data (everything but its freshness)."""
+    payload = body.model_dump_json(exclude={"freshness"}, by_alias=True)
+    return f'W/"{blake2b(payload.encode(), digest_size=16).hexdigest()}"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    opaque = etag.removeprefix("W/")
+    candidates = (tag.strip() for tag in if_none_match.split(","))
+    return any(tag == "*" or tag.removeprefix("W/") == opaque for tag in candidates)
+
+
+def freshness_headers(freshness: Freshness) -> dict[str, str]:
+    """The freshness of an answer as response headers."""
+    headers = {HEADER_VERSION: str(freshness.view_version), HEADER_LAG: str(freshness.lag)}
+    if freshness.applied_at is not None:
+        headers[HEADER_APPLIED_AT] = freshness.applied_at.astimezone(UTC).isoformat()
+    return headers
+
+
+def respond(request: Request, body: MeterpointOverview | Consumption | CustomerOverview | WorkOrderPage) -> Response:
+    """200 with the body, or 304 when If-None-Match names its ETag; freshness headers either way."""
+    etag = etag_of(body)
+    headers = {"ETag": etag, "Cache-Control": "no-cache", **freshness_headers(body.freshness)}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body.model_dump_json(by_alias=True), media_type="application/json", headers=headers)
+
+
+def _bad_request(detail: str) -> ProblemError:
+    return ProblemError(Problem.from_status(400, detail))
+
+
+def _not_found(detail: str, freshness: Freshness) -> ProblemError:
+    # Not in the views may mean "not yet": the problem carries the same freshness as any answer.
+    problem = Problem.from_status(404, detail, freshness=freshness.model_dump(mode="json"))
+    return ProblemError(problem, headers=freshness_headers(freshness))
+
+
+def encode_cursor(work_order_id: str) -> str:
+    """The opaque cursor after ``work_order_id``."""
+    return base64.urlsafe_b64encode(work_order_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The work order id a cursor points after (400 when it is no cursor of ours)."""
+    try:
+        work_order_id = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        work_order_id = ""
+    if not _OPAQUE_ID.fullmatch(work_order_id):
+        raise _bad_request("cursor is not a cursor this API handed out")
+    return work_order_id
+
+
+router = APIRouter(prefix="/v1", tags=["views"])
+
+
+@router.get(
+    "/meterpoints/{meterpoint_id}",
+    operation_id="getMeterpoint",
+    response_model=MeterpointOverview,
+    responses=_responses(404, 422),
+)
+async def get_meterpoint(
+    request: Request, meterpoint_id: Annotated[Gsrn, PathParam(description="GSRN-18")], queries: QueriesDep
+) -> Response:
+    """Meterpoint overview: current customer, latest reading per register, last seen, open work orders, alarms."""
+    overview = await queries.meterpoint(meterpoint_id)
+    if overview is None:
+        raise _not_found("no event has named this meterpoint", await queries.freshness("meterpoint"))
+    return respond(request, overview)
+
+
+@router.get(
+    "/meterpoints/{meterpoint_id}/consumption",
+    operation_id="getConsumption",
+    response_model=Consumption,
+    responses=_responses(400, 422),
+)
+async def get_consumption(
+    request: Request,
+    meterpoint_id: Annotated[Gsrn, PathParam(description="GSRN-18")],
+    queries: QueriesDep,
+    settings: SettingsDep,
+    start: Annotated[
+        AwareDatetime | date,
+        Query(alias="from", description="Start (inclusive): an RFC 3339 instant for hours, a local date for days."),
+    ],
+    end: Annotated[AwareDatetime | date, Query(alias="to", description="End (exclusive), like `from`.")],
+    resolution: Resolution = Resolution.HOUR,
+    register: Register = Register.ACTIVE_IMPORT,
+) -> Response:
+    """Consumption per hour (UTC hours) or per local day over a bounded range; buckets without data are left out."""
+    if resolution is Resolution.DAY:
+        if isinstance(start, datetime) or isinstance(end, datetime):
+            raise _bad_request("daily consumption takes local dates (YYYY-MM-DD) for from and to")
+        limit = timedelta(days=settings.max_daily_range_days)
+    else:
+        timezone = await queries.timezone()
+        start = _as_instant(start, timezone)
+        end = _as_instant(end, timezone)
+        limit = timedelta(days=settings.max_hourly_range_days)
+    # Both dates or both instants by now.
+    if end <= start:
+        raise _bad_request("to must be after from")
+    if end - start > limit:
+        raise _bad_request(f"the range may span at most {limit.days} days at {resolution} resolution")
+    return respond(request, await queries.consumption(meterpoint_id, register, resolution, start, end))
+
+
+def _as_instant(moment: datetime | date, timezone: Any) -> datetime:
+    if isinstance(moment, datetime):
+        return moment
+    # A date means the start of that local day.
+    return datetime(moment.year, moment.month, moment.day, tzinfo=timezone)
+
+
+@router.get(
+    "/customers/{customer_id}/overview",
+    operation_id="getCustomerOverview",
+    response_model=CustomerOverview,
+    responses=_responses(404, 422),
+)
+async def get_customer_overview(
+    request: Request, customer_id: Annotated[CustomerId, PathParam()], queries: QueriesDep
+) -> Response:
+    """A customer, the meterpoints they hold or held, and their consumption of the recent days."""
+    overview = await queries.customer(customer_id)
+    if overview is None:
+        raise _not_found("no such customer in the views", await queries.freshness("customer"))
+    return respond(request, overview)
+
+
+@router.get("/workorders", operation_id="listWorkOrders", response_model=WorkOrderPage, responses=_responses(400, 422))
+async def list_work_orders(
+    request: Request,
+    queries: QueriesDep,
+    settings: SettingsDep,
+    status: WorkOrderStatus | None = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page.")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="Page size (default from settings).")] = None,
+) -> Response:
+    """Work orders by status, ordered by id, in pages."""
+    after = decode_cursor(cursor) if cursor else ""
+    page = await queries.work_orders(status, after, limit or settings.workorders_page_size)
+    if page.next_cursor is not None:
+        page = page.model_copy(update={"next_cursor": encode_cursor(page.next_cursor)})
+    return respond(request, page)
+
+
+def create_api(
+    settings: ReadsideSettings,
+    *,
+    queries: ViewQueries | None = None,
+    lifespan: Callable[[FastAPI], Any] | None = None,
+) -> FastAPI:
+    """The FastAPI app with the query routes (health, metrics and the key store are wired in ``app.py``)."""
+    app = FastAPI(
+        title="GridHub read side",
+        version=API_VERSION,
+        description=(
+            "Materialized views of GridHub's event log: meterpoints, consumption, customers, work orders. "
+            "Every answer tells how fresh it is (`freshness`, `Readside-*` headers); ETags are weak and cover the "
+            "data only. Energy values are exact decimal strings."
+        ),
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.state.settings = settings
+    app.state.queries = queries
+    dependencies = [Depends(require_role(Role.READ))] if settings.require_api_key else []
+    app.include_router(router, dependencies=dependencies)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document, as committed in contracts/openapi/readside.json."""
+    app = create_api(ReadsideSettings(require_api_key=True))
+    document = app.openapi()
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = {
+        "type": "object",
+        "description": "RFC 9457 problem details.",
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string"},
+        },
+        "required": ["title", "status"],
+    }
+    return document
+
+
+def render_openapi() -> str:
+    """The committed spelling of the document (stable key order, trailing newline)."""
+    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    OPENAPI_PATH.parent.mkdir(parents=True, exist_ok=True)
+    OPENAPI_PATH.write_text(render_openapi())
+    sys.stdout.write(f"wrote {OPENAPI_PATH}\n")

@@ -1,0 +1,296 @@
+"""The queries: short plain SQL over the current view version, each answer read in one snapshot with its freshness.
+
+A request reads the version pointer, sets its transaction's search_path to that version and runs its SELECTs in
+one REPEATABLE READ, read-only transaction, so the data and the applied offsets it reports belong together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from libs.platform.db import Connection
+from services.readside.adapters.schema import read_offsets, search_path
+from services.readside.metrics import LagTracker
+from services.readside.models import (
+    ActiveAlarm,
+    Consumption,
+    ConsumptionPoint,
+    CurrentCustomer,
+    CustomerMeterpoint,
+    CustomerOverview,
+    Freshness,
+    LatestReading,
+    MeterpointOverview,
+    OpenWorkOrder,
+    PartitionFreshness,
+    Resolution,
+    WorkOrder,
+    WorkOrderPage,
+)
+from services.readside.projections import AGGREGATE_UNITS, OPEN_STATUSES
+
+T = TypeVar("T")
+
+METERPOINT = """
+SELECT greatest((SELECT last_seen FROM meterpoints WHERE meterpoint_id = $1),
+                (SELECT max(last_seen) FROM latest_readings WHERE meterpoint_id = $1)) AS last_seen,
+       EXISTS (SELECT FROM meterpoints WHERE meterpoint_id = $1)
+       OR EXISTS (SELECT FROM latest_readings WHERE meterpoint_id = $1) AS known
+"""
+LATEST_READINGS = """
+SELECT register, interval_end, value, unit, quality, source FROM latest_readings
+WHERE meterpoint_id = $1 ORDER BY register
+"""
+CURRENT_CUSTOMER = """
+SELECT l.customer_id, c.name, l.move_in, l.move_out
+FROM meterpoint_links l LEFT JOIN customers c USING (customer_id)
+WHERE l.meterpoint_id = $1 AND l.move_in <= $2 AND (l.move_out IS NULL OR l.move_out >= $2)
+ORDER BY l.move_in DESC, l.customer_id LIMIT 1
+"""
+OPEN_WORK_ORDERS = """
+SELECT work_order_id, type, status, crew, window_start, window_end, created_at FROM work_orders
+WHERE meterpoint_id = $1 AND status = ANY($2::text[]) ORDER BY created_at, work_order_id
+"""
+# Outage alarms end with a later power restore; any alarm ends when a work order at the meterpoint completes
+# after it was raised; and alarms older than the active window are history.
+ACTIVE_ALARMS = """
+SELECT a.alarm_id::text, a.alarm, a.raised_at, a.source, a.details FROM alarms a
+WHERE a.meterpoint_id = $1 AND a.alarm <> 'power_restored' AND a.raised_at >= $2
+  AND NOT (a.alarm IN ('power_failure', 'long_outage') AND EXISTS (
+      SELECT 1 FROM alarms r WHERE r.meterpoint_id = a.meterpoint_id AND r.alarm = 'power_restored'
+                             AND r.raised_at >= a.raised_at))
+  AND NOT EXISTS (
+      SELECT 1 FROM work_orders w WHERE w.meterpoint_id = a.meterpoint_id AND w.status = 'completed'
+                                  AND w.completed_at >= a.raised_at)
+ORDER BY a.raised_at DESC, a.alarm_id LIMIT 100
+"""
+HOURLY = """
+SELECT hour AS start, energy, readings FROM consumption_hourly
+WHERE meterpoint_id = $1 AND register = $2 AND hour >= $3 AND hour < $4 ORDER BY hour
+"""
+DAILY = """
+SELECT day AS start, energy, readings FROM consumption_daily
+WHERE meterpoint_id = $1 AND register = $2 AND day >= $3 AND day < $4 ORDER BY day
+"""
+CUSTOMER = "SELECT customer_id, kind, name, version FROM customers WHERE customer_id = $1"
+CUSTOMER_METERPOINTS = """
+SELECT l.meterpoint_id, l.move_in, l.move_out,
+       (l.move_in <= $3 AND (l.move_out IS NULL OR l.move_out >= $3)) AS current,
+       (SELECT coalesce(sum(d.energy), 0) FROM consumption_daily d
+        WHERE d.meterpoint_id = l.meterpoint_id AND d.register = 'active_import'
+          AND d.day BETWEEN greatest(l.move_in, $2) AND least(coalesce(l.move_out, $3), $3)) AS consumption
+FROM meterpoint_links l WHERE l.customer_id = $1 ORDER BY l.move_in, l.meterpoint_id
+"""
+WORK_ORDERS = """
+SELECT work_order_id, meterpoint_id, type, status, crew, window_start, window_end, description, started_at,
+       completed_at, result, new_meter_serial, cancel_reason, created_at, updated_at
+FROM work_orders WHERE ($1::text IS NULL OR status = $1) AND work_order_id > $2
+ORDER BY work_order_id LIMIT $3
+"""
+
+
+def utc_now() -> datetime:
+    """The current time (a parameter of `ViewQueries`, so tests can pin "today")."""
+    return datetime.now(UTC)
+
+
+class ViewQueries:
+    """Read-only queries over the current version of the views."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        control_schema: str,
+        *,
+        readings_topic: str,
+        meter_events_topic: str,
+        customers_topic: str,
+        workorders_topic: str,
+        live_lag: LagTracker | None = None,
+        active_alarm_days: int = 30,
+        customer_consumption_days: int = 30,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._pool = pool
+        self._control = control_schema
+        self._readings = readings_topic
+        self._all_topics = (readings_topic, meter_events_topic, customers_topic, workorders_topic)
+        self._customer_topics = (readings_topic, customers_topic)
+        self._workorders = workorders_topic
+        self._live_lag = live_lag
+        self._active_alarm_days = active_alarm_days
+        self._customer_days = customer_consumption_days
+        self._clock = clock
+        self._timezones: dict[int, ZoneInfo] = {}
+
+    async def _read(self, query: Callable[[Connection, int, ZoneInfo], Awaitable[T]]) -> T:
+        for attempt in (1, 2):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                    version: int = await conn.fetchval("SELECT version FROM view_version")
+                    await conn.execute(
+                        "SELECT set_config('search_path', $1, true)", search_path(self._control, version)
+                    )
+                    timezone = self._timezones.get(version)
+                    if timezone is None:
+                        timezone = self._timezones[version] = ZoneInfo(
+                            await conn.fetchval("SELECT timezone FROM view_meta")
+                        )
+                    return await query(conn, version, timezone)
+            except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+                # A rebuild switched and dropped the version between reading the pointer and the tables.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def timezone(self) -> ZoneInfo:
+        """The time zone of the current views' local days."""
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> ZoneInfo:
+            return timezone
+
+        return await self._read(query)
+
+    async def _freshness(self, conn: Connection, version: int, topics: Sequence[str]) -> Freshness:
+        partitions = []
+        for stored in await read_offsets(conn, topics):
+            high = stored.high_watermark
+            tracker = self._live_lag
+            live = None
+            if tracker is not None and tracker.version == version:
+                live = tracker.get(stored.topic, stored.partition)
+            if live is not None and live.high_watermark is not None:
+                # The consumer in this process saw the log end more recently than its last commit.
+                high = live.high_watermark if high is None else max(high, live.high_watermark)
+            lag = 0 if high is None else max(0, high - (stored.next_offset or 0))
+            partitions.append(
+                PartitionFreshness(
+                    topic=stored.topic,
+                    partition=stored.partition,
+                    applied_offset=stored.next_offset,
+                    high_watermark=high,
+                    lag=lag,
+                    applied_at=stored.applied_at,
+                )
+            )
+        applied = [p.applied_at for p in partitions if p.applied_at is not None]
+        return Freshness(
+            view_version=version,
+            lag=sum(p.lag for p in partitions),
+            applied_at=max(applied) if applied else None,
+            partitions=partitions,
+        )
+
+    async def freshness(self, answer: str) -> Freshness:
+        """The freshness of the topics an answer ("meterpoint", "customer") is built from.
+
+        Also for a 404, whose cause may be a view that has not caught up yet.
+        """
+        topics = self._all_topics if answer == "meterpoint" else self._customer_topics
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> Freshness:
+            return await self._freshness(conn, version, topics)
+
+        return await self._read(query)
+
+    def _today(self, timezone: ZoneInfo) -> date:
+        return self._clock().astimezone(timezone).date()
+
+    async def meterpoint(self, meterpoint_id: str) -> MeterpointOverview | None:
+        """The overview of one meterpoint, or None when no event ever named it."""
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> MeterpointOverview | None:
+            row = await conn.fetchrow(METERPOINT, meterpoint_id)
+            if row is None or not row["known"]:
+                return None
+            now = self._clock()
+            customer = await conn.fetchrow(CURRENT_CUSTOMER, meterpoint_id, self._today(timezone))
+            return MeterpointOverview(
+                meterpoint_id=meterpoint_id,
+                last_seen=row["last_seen"],
+                customer=CurrentCustomer(**dict(customer)) if customer is not None else None,
+                latest_readings=[LatestReading(**dict(r)) for r in await conn.fetch(LATEST_READINGS, meterpoint_id)],
+                open_work_orders=[
+                    OpenWorkOrder(**dict(r)) for r in await conn.fetch(OPEN_WORK_ORDERS, meterpoint_id, OPEN_STATUSES)
+                ],
+                active_alarms=[
+                    ActiveAlarm(**dict(r))
+                    for r in await conn.fetch(
+                        ACTIVE_ALARMS, meterpoint_id, now - timedelta(days=self._active_alarm_days)
+                    )
+                ],
+                freshness=await self._freshness(conn, version, self._all_topics),
+            )
+
+        return await self._read(query)
+
+    async def consumption(
+        self,
+        meterpoint_id: str,
+        register: str,
+        resolution: Resolution,
+        start: datetime | date,
+        end: datetime | date,
+    ) -> Consumption:
+        """Consumption buckets in ``[start, end)`` (instants for hours, local dates for days)."""
+        statement = HOURLY if resolution is Resolution.HOUR else DAILY
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> Consumption:
+            rows = await conn.fetch(statement, meterpoint_id, register, start, end)
+            points = [ConsumptionPoint(start=r["start"], energy=r["energy"], readings=r["readings"]) for r in rows]
+            return Consumption(
+                meterpoint_id=meterpoint_id,
+                register=register,
+                unit=AGGREGATE_UNITS[register],
+                resolution=resolution,
+                from_=start,
+                to=end,
+                total=sum((p.energy for p in points), Decimal(0)),
+                points=points,
+                freshness=await self._freshness(conn, version, (self._readings,)),
+            )
+
+        return await self._read(query)
+
+    async def customer(self, customer_id: str) -> CustomerOverview | None:
+        """A customer's overview, or None when the customer is unknown."""
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> CustomerOverview | None:
+            row = await conn.fetchrow(CUSTOMER, customer_id)
+            if row is None:
+                return None
+            today = self._today(timezone)
+            first = today - timedelta(days=self._customer_days - 1)
+            meterpoints = [
+                CustomerMeterpoint(**dict(r)) for r in await conn.fetch(CUSTOMER_METERPOINTS, customer_id, first, today)
+            ]
+            return CustomerOverview(
+                **dict(row),
+                period_from=first,
+                period_to=today,
+                consumption=sum((m.consumption for m in meterpoints), Decimal(0)),
+                meterpoints=meterpoints,
+                freshness=await self._freshness(conn, version, self._customer_topics),
+            )
+
+        return await self._read(query)
+
+    async def work_orders(self, status: str | None, after: str, limit: int) -> WorkOrderPage:
+        """Work orders (of one status, or all) with ids after ``after``, at most ``limit`` of them."""
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> WorkOrderPage:
+            rows = await conn.fetch(WORK_ORDERS, status, after, limit + 1)
+            items = [WorkOrder(**dict(r)) for r in rows[:limit]]
+            return WorkOrderPage(
+                items=items,
+                next_cursor=items[-1].work_order_id if len(rows) > limit else None,
+                freshness=await self._freshness(conn, version, (self._workorders,)),
+            )
+
+        return await self._read(query)
