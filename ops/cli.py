@@ -1,0 +1,5 @@
+"""The `gridhub` command (operator tasks); filled in by the operations work."""
+
+
+def main() -> None:
+    raise SystemExit("gridhub: no commands yet")
