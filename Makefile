@@ -50,6 +50,7 @@ contracts: deps ## regenerate the committed contracts from code
 	$(PY) python -m services.collection.openapi
 	$(PY) python -m services.collection.asyncapi
 	$(PY) python -m services.readside.api
+	$(PY) python -m services.workorders.openapi
 
 test-unit: deps ## unit and contract tests only (no stack needed)
 	$(PY) pytest tests/unit tests/contract

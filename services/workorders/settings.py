@@ -1,0 +1,171 @@
+"""Settings of the work orders service: ``WORKORDERS_*`` variables (plus the shared ``GRIDHUB_*`` ones), read here only.
+
+Every boundary's flow-control policy is declared in `Boundaries`; nested values use ``__``:
+``WORKORDERS_BOUNDARIES__CUSTOMERS_SOAP__BREAKER__MINIMUM_CALLS=3`` changes one number and keeps the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from libs.events import MeterAlarm, topics
+from libs.flowcontrol.policy import (
+    BoundaryPolicy,
+    BreakerSettings,
+    BulkheadSettings,
+    DeliverySettings,
+    QuotaSettings,
+)
+from libs.platform.settings import DEV_ONLY_MARKER, ServiceSettings
+
+DEV_POSTGRES_DSN = f"postgresql://workorders:workorders-{DEV_ONLY_MARKER}-password@127.0.0.1:5432/workorders"
+DEV_CUSTOMERS_PASSWORD = f"workorders-{DEV_ONLY_MARKER}-password"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Boundaries(_Section):
+    """The flow-control policy of each boundary (the field name is the metrics label); see docs/flow-control.md."""
+
+    rest_ingress: BoundaryPolicy = BoundaryPolicy(
+        # Per client system (API key): planning systems create orders in bursts, crews' apps trickle.
+        quota=QuotaSettings(rate=20, burst=50),
+        # Requests in flight; each may wait for the customers service (bounded by customers_soap.timeout).
+        bulkhead=BulkheadSettings(max_concurrent=32, max_wait=0.5, max_waiting=128, retry_after=1.0),
+        max_body_bytes=64 * 1024,
+    )
+    customers_soap: BoundaryPolicy = BoundaryPolicy(
+        # Opens when half of the last 10 calls failed or took longer than 2 s; one probe after 10 s decides.
+        breaker=BreakerSettings(
+            failure_rate_threshold=50,
+            slow_call_rate_threshold=100,
+            slow_call_duration_threshold=2.0,
+            window_size=10,
+            minimum_calls=5,
+            wait_in_open=10.0,
+            permitted_calls_in_half_open=1,
+        ),
+        # The customers service's own bulkhead is 10; more from us would only queue there.
+        bulkhead=BulkheadSettings(max_concurrent=5, max_wait=0.2, retry_after=1.0),
+        timeout=3.0,
+    )
+    workorders_postgres: BoundaryPolicy = BoundaryPolicy(
+        # Our own database: when it fails, REST answers 503 at once and the consumers pause (never skip).
+        breaker=BreakerSettings(
+            failure_rate_threshold=50,
+            slow_call_rate_threshold=100,
+            slow_call_duration_threshold=10.0,
+            window_size=5,
+            minimum_calls=2,
+            wait_in_open=2.0,
+            permitted_calls_in_half_open=1,
+        ),
+    )
+    workorders_meter_events_consumer: BoundaryPolicy = BoundaryPolicy(
+        delivery=DeliverySettings(max_attempts=4, base_backoff=0.2, max_backoff=2.0),
+        bulkhead=BulkheadSettings(max_concurrent=4, retry_after=1.0),
+    )
+    workorders_customers_consumer: BoundaryPolicy = BoundaryPolicy(
+        delivery=DeliverySettings(max_attempts=4, base_backoff=0.2, max_backoff=2.0),
+        bulkhead=BulkheadSettings(max_concurrent=4, retry_after=1.0),
+    )
+
+
+class WorkordersSettings(ServiceSettings):
+    """Settings of ``services.workorders`` (``WORKORDERS_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WORKORDERS_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    service_name: str = "workorders"
+    http_port: int = Field(default=8083, ge=0, le=65535)
+    postgres_dsn: SecretStr = SecretStr(DEV_POSTGRES_DSN)
+    # Tests isolate themselves in a schema of their own; production leaves it unset.
+    postgres_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: PositiveInt = 10
+    db_command_timeout: PositiveFloat = 5.0
+    db_acquire_timeout: PositiveFloat = 2.0
+
+    event_source: str = Field(default="/gridhub/workorders", pattern=r"^\S{1,256}$")
+    events_topic: TopicName = topics.WORKORDERS
+    meter_events_topic: TopicName = topics.METER_EVENTS
+    customers_topic: TopicName = topics.CUSTOMERS
+    consumers_enabled: bool = True
+    # Two groups, <prefix>.meter-events and <prefix>.customers: one consumer per topic, each with its boundary.
+    consumer_group_prefix: str = Field(default="workorders", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    consumer_max_records: PositiveInt = 100
+    # Alarms that send a crew to look at the meter; the others are read and acknowledged.
+    inspection_alarms: frozenset[MeterAlarm] = frozenset(
+        {MeterAlarm.TAMPER, MeterAlarm.LONG_OUTAGE, MeterAlarm.CLOCK_ERROR}
+    )
+
+    relay_enabled: bool = True
+    relay_poll_interval: PositiveFloat = 5.0
+    relay_batch_size: PositiveInt = 500
+
+    customers_soap_url: str = Field(default="http://127.0.0.1:8082/soap/customers", pattern=r"^https?://\S+$")
+    customers_client: str = "workorders"
+    # Refused in production while it is the dev default (ServiceSettings checks every SecretStr).
+    customers_password: SecretStr = SecretStr(DEV_CUSTOMERS_PASSWORD)
+    # The background job that asks the customers service for orders created while it was unreachable.
+    enrichment_enabled: bool = True
+    enrichment_interval: PositiveFloat = 5.0
+    enrichment_batch_size: PositiveInt = 50
+    # An order the customers service refuses to answer for (not an outage) is retried ever more slowly.
+    enrichment_max_backoff: PositiveFloat = 3600.0
+
+    # Calendar dates (who holds a meterpoint on which day) are local to the grid.
+    timezone: str = "Europe/Copenhagen"
+    # Client clocks (crews' devices) may run this far ahead of ours.
+    clock_tolerance_seconds: float = Field(default=300.0, ge=0)
+    max_window_hours: PositiveFloat = 7 * 24
+    # Orders per page when the caller names no limit (the API caps limits at 200).
+    default_page_size: int = Field(default=50, ge=1, le=200)
+    # Alarms older than this when they arrive (e.g. a new consumer group reading a month of retention) are
+    # acknowledged without opening an inspection: the meter has long been read again since.
+    max_alarm_age_hours: PositiveFloat = 7 * 24
+    idempotency_retention_hours: PositiveFloat = 24.0
+    api_key_cache_seconds: float = Field(default=30.0, ge=0)
+
+    boundaries: Boundaries = Boundaries()
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        b = self.boundaries
+        if b.customers_soap.breaker is None or b.customers_soap.timeout is None:
+            raise ValueError("boundaries.customers_soap needs a breaker and a timeout")
+        if b.workorders_postgres.breaker is None:
+            raise ValueError("boundaries.workorders_postgres needs a breaker")
+        if len({self.events_topic, self.meter_events_topic, self.customers_topic}) != 3:
+            raise ValueError("the events, meter events and customers topics must differ")
+        return self
+
+    @classmethod
+    def defaults(cls) -> WorkordersSettings:
+        """Every default and nothing from the environment: what the generated OpenAPI document describes."""
+        return cls.model_construct()
