@@ -9,7 +9,7 @@ export UV_PYTHON ?= python3
 UV = $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY = $(UV) run --frozen --no-sync
 
-.PHONY: help deps stack-up stack-down stack-status run test test-unit lint typecheck imports contracts bench clean
+.PHONY: help deps deploy-tools stack-up stack-down stack-status run test test-unit lint typecheck imports contracts bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -21,6 +21,20 @@ deps: .venv/.synced ## install the Python packages (uv, from the lock file)
 	  python3 -m pip install --user --quiet uv || python3 -m pip install --user --quiet --break-system-packages uv; }
 	$(UV) sync --frozen
 	@touch $@
+
+# The offline validators of docker-compose.yml and k8s/ (tests/contract/test_deploy_manifests.py): kustomize built
+# from the Go module proxy into .bin/, and Debian's docker-compose for `config -q` (it needs no Docker engine).
+KUSTOMIZE_VERSION := v5.8.1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+deploy-tools: .bin/.kustomize-$(KUSTOMIZE_VERSION) ## kustomize and docker-compose: offline checks of compose and k8s/
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker-compose (Debian)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
+.bin/.kustomize-$(KUSTOMIZE_VERSION):
+	GOBIN=$(CURDIR)/.bin GOTOOLCHAIN=local go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@rm -f .bin/.kustomize-* && touch $@
 
 stack-up: deps ## start Kafka (KRaft), PostgreSQL and Mosquitto on 127.0.0.1 (idempotent)
 	$(PY) python -m stack up
@@ -52,10 +66,10 @@ contracts: deps ## regenerate the committed contracts from code
 	$(PY) python -m services.readside.api
 	$(PY) python -m services.workorders.openapi
 
-test-unit: deps ## unit and contract tests only (no stack needed)
+test-unit: deps deploy-tools ## unit and contract tests only (no stack needed)
 	$(PY) pytest tests/unit tests/contract
 
-test: lint typecheck imports stack-up ## everything: lint, types, import contract, unit, contract, integration tests
+test: lint typecheck imports deploy-tools stack-up ## everything: lint, types, import contract, unit, contract, integration tests
 	$(PY) pytest
 
 bench: stack-up ## benchmarks (later issues)
