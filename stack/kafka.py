@@ -28,6 +28,18 @@ LOG4J = REPO / "stack" / "kafka" / "log4j2.properties"
 MAIN_CLASS = "kafka.Kafka"
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka's own ``Uuid.randomUuid`` makes it: never starting with ``-``.
+
+    A leading ``-`` makes the storage tool's argument parser read the id as an option; Kafka's generator
+    draws again in that case, and so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka:
     name = "kafka"
 
@@ -97,7 +109,7 @@ class Kafka:
     def _format_storage(self) -> None:
         if (self.data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         print(f"  formatting KRaft storage (cluster {cluster_id})")
         run(
             [
@@ -108,8 +120,7 @@ class Kafka:
                 f"-Dkafka.logs.dir={self.logs}",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.properties),
             ],
