@@ -1,8 +1,9 @@
 """The composition root: builds every part of the collection service from its settings, nothing else.
 
 ``create_app(settings)`` returns the ASGI app. Its lifespan starts the real parts (the no-loss Kafka producer
-and its publisher, the PostgreSQL pool with the API-key table, the MQTT ingress task) unless a test passed
-replacements. Tests run it in-process: ``async with app.router.lifespan_context(app)`` plus
+and its publisher, the PostgreSQL pool with the API-key and FTP-user tables, the MQTT ingress task, the FTP
+server with its file processor, and lag-aware admission when configured) unless a test passed replacements.
+Tests run it in-process: ``async with app.router.lifespan_context(app)`` plus
 ``httpx.ASGITransport(app=app)``.
 
 Middleware, outermost first: correlation id, request metrics, API-key identity (so the quota keys on the client
@@ -25,10 +26,12 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.middleware import Middleware
 
+from libs.flowcontrol.admission import AdmissionController, Signal, lag_signal
 from libs.flowcontrol.asgi import FlowControlMiddleware, client_key_resolver
 from libs.flowcontrol.clock import Clock
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.policy import Boundary, build_boundaries
+from libs.flowcontrol.quota import Quota
 from libs.platform.apikeys import ApiKeyRecord, KeyStore, set_key_store
 from libs.platform.apikeys_asgi import ApiKeyMiddleware, CachedKeyStore
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
@@ -40,8 +43,17 @@ from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.migrations import migrate
 from libs.platform.problems import install_problem_handlers
 from services.collection import api
+from services.collection.adapters.ftpusers import (
+    FTP_USERS_COMPONENT,
+    FTP_USERS_MIGRATIONS,
+    FtpUserStore,
+    PostgresFtpUserStore,
+)
 from services.collection.adapters.kafka import KafkaPublisher, Publisher
+from services.collection.adapters.lag import ConsumerLagProbe
 from services.collection.domain import ValidationRules
+from services.collection.filedrop import FileProcessor, Spool
+from services.collection.ftp import FtpIngress, PartnerFtpServer, PartnerUsers
 from services.collection.handlers import Pipeline
 from services.collection.metrics import CollectionMetrics
 from services.collection.mqtt import MqttIngress
@@ -69,6 +81,9 @@ class Parts:
     producer: AIOKafkaProducer | None = None
     pool: asyncpg.Pool[Any] | None = None
     mqtt: MqttIngress | None = None
+    ftp: FtpIngress | None = None
+    admission: list[AdmissionController] | None = None
+    lag_probe: ConsumerLagProbe | None = None
 
 
 def build_parts(
@@ -114,6 +129,60 @@ def create_mqtt_ingress(
         clock=clock or boundary.clock,
         wall_clock=wall_clock,
     )
+
+
+def create_ftp_ingress(
+    parts: Parts,
+    publisher: Publisher,
+    users: FtpUserStore,
+    *,
+    clock: Clock | None = None,
+    wall_clock: WallClock = _utcnow,
+) -> FtpIngress:
+    """The FTP server and its file processor with the ``ftp_ingress`` boundary's quota, bulkhead and size limit."""
+    settings = parts.settings.ftp
+    boundary = parts.boundaries["ftp_ingress"]
+    if boundary.quota is None or boundary.bulkhead is None or boundary.policy.max_body_bytes is None:
+        raise LookupError("boundaries.ftp_ingress needs a quota, a bulkhead and max_body_bytes")
+    spool = Spool(settings.root)
+    processor = FileProcessor(
+        settings,
+        spool=spool,
+        publisher=publisher,
+        pipeline=parts.pipeline,
+        quota=boundary.quota,
+        metrics=parts.metrics,
+        clock=clock or boundary.clock,
+        wall_clock=wall_clock,
+    )
+    checks = Quota(settings.login_checks_per_second, settings.login_checks_burst, clock=clock or boundary.clock)
+    partners = PartnerUsers(
+        users, spool, max_connections_per_user=settings.max_connections_per_user, checks=checks, metrics=parts.metrics
+    )
+    server = PartnerFtpServer(
+        settings,
+        users=partners,
+        spool=spool,
+        processor=processor,
+        uploads=boundary.bulkhead,
+        max_file_bytes=boundary.policy.max_body_bytes,
+        metrics=parts.metrics,
+        wall_clock=wall_clock,
+    )
+    return FtpIngress(server, processor, settings)
+
+
+ADMITTED_BOUNDARIES = ("rest_ingress", "mqtt_ingress", "ftp_ingress")
+"""The boundaries whose quotas lag-aware admission scales."""
+
+
+def create_admission(parts: Parts, signal: Signal) -> list[AdmissionController]:
+    """One admission controller per ingress quota, each scaling it by ``signal`` (its boundary's settings)."""
+    return [
+        parts.boundaries[name].admission(signal)
+        for name in ADMITTED_BOUNDARIES
+        if parts.boundaries[name].quota is not None
+    ]
 
 
 class _KeyStoreSlot:
@@ -164,12 +233,16 @@ def create_app(
     clock: Clock | None = None,
     wall_clock: WallClock = _utcnow,
     on_fatal: Callable[[BaseException], object] | None = None,
+    ftp_users: FtpUserStore | None = None,
+    admission_signal: Signal | None = None,
 ) -> FastAPI:
-    """The collection service's ASGI app; real Kafka, PostgreSQL and MQTT unless replacements are given.
+    """The collection service's ASGI app; real Kafka, PostgreSQL, MQTT and FTP unless replacements are given.
 
-    ``publisher`` replaces the Kafka producer, ``key_store`` the PostgreSQL key store (each then drops its
-    readiness check unless ``readiness_checks`` says otherwise). ``on_fatal`` is called if the MQTT ingress
-    dies (``__main__`` stops the server: a replica that no longer consumes must be restarted).
+    ``publisher`` replaces the Kafka producer, ``key_store`` the PostgreSQL key store and ``ftp_users`` the
+    PostgreSQL FTP accounts (each then drops its readiness check unless ``readiness_checks`` says otherwise).
+    ``admission_signal`` replaces the consumer-lag signal of ``settings.lag_signal``. ``on_fatal`` is called if
+    the MQTT or FTP ingress dies (``__main__`` stops the server: a replica that no longer consumes must be
+    restarted).
     """
     parts = build_parts(settings, registry=registry, clock=clock)
     keys = _KeyStoreSlot()
@@ -186,7 +259,8 @@ def create_app(
                 stack.push_async_callback(parts.producer.stop)
                 active = create_publisher(parts, parts.producer)
             store = key_store
-            if store is None:
+            accounts = ftp_users
+            if store is None or (settings.ftp.enabled and accounts is None):
                 parts.pool = await create_pool(
                     settings.postgres_dsn.get_secret_value(),
                     max_size=settings.postgres_pool_size,
@@ -196,6 +270,9 @@ def create_app(
                 stack.push_async_callback(parts.pool.close)
                 async with parts.pool.acquire() as connection:
                     await migrate(connection, APIKEY_COMPONENT, APIKEY_MIGRATIONS)
+                    await migrate(connection, FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS)
+            if store is None:
+                assert parts.pool is not None
                 store = CachedKeyStore(PostgresKeyStore(parts.pool), ttl=settings.api_key_cache_seconds)
             keys.store = store
             rest_policy = settings.boundaries.rest_ingress
@@ -211,6 +288,31 @@ def create_app(
                 task = asyncio.create_task(parts.mqtt.run(), name="mqtt-ingress")
                 task.add_done_callback(lambda done: _ingress_ended(done, on_fatal))
                 stack.push_async_callback(_cancel, task)
+            if settings.ftp.enabled:
+                if accounts is None:
+                    assert parts.pool is not None
+                    accounts = PostgresFtpUserStore(parts.pool)
+                parts.ftp = create_ftp_ingress(parts, active, accounts, clock=clock, wall_clock=wall_clock)
+                ftp_task = asyncio.create_task(parts.ftp.run(), name="ftp-ingress")
+                ftp_task.add_done_callback(lambda done: _ingress_ended(done, on_fatal))
+                stack.push_async_callback(_cancel, ftp_task)
+                await parts.ftp.wait_started(10.0)
+            signal = admission_signal
+            if signal is None and settings.lag_signal is not None:
+                lag = settings.lag_signal
+                parts.lag_probe = ConsumerLagProbe(
+                    settings.kafka_bootstrap_servers,
+                    group_id=lag.group_id,
+                    topic=lag.topic,
+                    interval=lag.poll_interval_seconds,
+                )
+                stack.push_async_callback(_cancel, asyncio.create_task(parts.lag_probe.run(), name="lag-probe"))
+                probe = parts.lag_probe
+                signal = lag_signal(lambda: probe.lag, low=lag.low, high=lag.high)
+            if signal is not None:
+                parts.admission = create_admission(parts, signal)
+                for controller in parts.admission:
+                    stack.push_async_callback(_cancel, asyncio.create_task(controller.run(), name="admission"))
             try:
                 yield
             finally:
@@ -251,7 +353,7 @@ def _ingress_ended(task: asyncio.Task[None], on_fatal: Callable[[BaseException],
     error = task.exception()
     if error is None:
         return
-    logger.critical("the MQTT ingress stopped", exc_info=error)
+    logger.critical("the %s stopped", task.get_name(), exc_info=error)
     if on_fatal is not None:
         on_fatal(error)
 
@@ -263,4 +365,13 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-__all__ = ["Parts", "build_parts", "create_app", "create_mqtt_ingress", "create_publisher"]
+__all__ = [
+    "ADMITTED_BOUNDARIES",
+    "Parts",
+    "build_parts",
+    "create_admission",
+    "create_app",
+    "create_ftp_ingress",
+    "create_mqtt_ingress",
+    "create_publisher",
+]

@@ -70,6 +70,9 @@ class RejectReason(StrEnum):
     MISSING_WITH_VALUE = "missing_with_value"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     METERPOINT_MISMATCH = "meterpoint_mismatch"
+    # File lines (FTP): the bytes of a line are no UTF-8, or the line is longer than the limit.
+    INVALID_ENCODING = "invalid_encoding"
+    LINE_TOO_LONG = "line_too_long"
 
 
 class MalformedBatch(ValueError):
@@ -254,6 +257,11 @@ def _describe(error: ValidationError) -> str:
 
 def _malformed(error: ValidationError) -> Rejection:
     return Rejection(RejectReason.MALFORMED, _describe(error))
+
+
+def malformed(error: ValidationError) -> Rejection:
+    """The `Rejection` of an item pydantic refused: ``malformed``, naming fields and rules, never values."""
+    return _malformed(error)
 
 
 def _batch_error(error: ValidationError, max_items: int) -> MalformedBatch | None:

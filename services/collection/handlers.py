@@ -7,8 +7,8 @@ refused ones are recorded on the topic's ``.dlq`` with their reason, in the same
 
 - REST: `submit_batch` (parse the body, validate, publish, report per item).
 - MQTT: `prepare_message` per message; the ingress publishes many messages' records at once, then acks them.
-- FTP (to come): build items from CSV lines, `prepare_batch` per bounded chunk with the line bytes as the
-  originals, publish, then write the receipt from `Prepared.outcomes`.
+- FTP: `prepare_lines` per bounded chunk of a file's lines (CSV, ``csvformat.py``); the file drop publishes
+  them, then writes the receipt from `Prepared.outcomes` (``filedrop.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic_core import to_json
 from libs.events import topics
 from libs.events.gsrn import is_valid_gsrn
 from libs.events.records import KafkaRecord
+from services.collection import csvformat
 from services.collection.adapters.kafka import Publisher, alarm_record, dead_letter_record, reading_record
 from services.collection.domain import (
     Accepted,
@@ -294,6 +295,59 @@ def prepare_message(
     return PreparedMessage(device, kind, max(1, len(items)), records, prepared.outcomes, bool(rejected))
 
 
+# --- FTP -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileLine:
+    """One line of a dropped file: its 1-based number, its bytes without the line end (cut at the limit when
+    ``too_long``)."""
+
+    number: int
+    content: bytes
+    too_long: bool = False
+
+
+def prepare_lines(
+    lines: Sequence[FileLine],
+    *,
+    columns: csvformat.Columns,
+    origin: Origin,
+    received_at: datetime,
+    pipeline: Pipeline,
+    max_line_bytes: int,
+) -> Prepared:
+    """Validate a chunk of CSV lines into outcomes (one per line, in order) and records.
+
+    Accepted lines become reading events; every refused line becomes a dead letter (its bytes as written, keyed
+    by its meterpoint cell when it has one) whose ``dlq.detail`` names the line number. Duplicates are found
+    within the chunk.
+    """
+    items: list[Any] = [
+        csvformat.too_long(max_line_bytes) if line.too_long else csvformat.parse_line(line.content, columns)
+        for line in lines
+    ]
+    prepared = prepare_batch(items, kind=READINGS, origin=origin, received_at=received_at, pipeline=pipeline)
+    records = prepared.records
+    for outcome in prepared.outcomes:
+        if type(outcome) is Rejected:
+            line = lines[outcome.index]
+            records.append(
+                dead_letter_record(
+                    topic=READINGS.dlq,
+                    origin=origin.name,
+                    record_id=f"{origin.record_id}#{line.number}",
+                    key=csvformat.meterpoint_of(line.content, columns),
+                    value=line.content,
+                    reason=outcome.reason,
+                    detail=f"line {line.number}: {outcome.detail}",
+                    failed_at=received_at,
+                    headers=[*origin.headers(), ("gridhub.line", str(line.number).encode())],
+                )
+            )
+    return prepared
+
+
 def count_outcomes(outcomes: Sequence[ItemOutcome]) -> tuple[int, int, int]:
     """(accepted, duplicates, rejected) of a batch."""
     accepted = duplicates = rejected = 0
@@ -310,6 +364,7 @@ def count_outcomes(outcomes: Sequence[ItemOutcome]) -> tuple[int, int, int]:
 __all__ = [
     "ALARMS",
     "READINGS",
+    "FileLine",
     "Kind",
     "MqttMessage",
     "Origin",
@@ -319,6 +374,7 @@ __all__ = [
     "SubmitBatch",
     "count_outcomes",
     "prepare_batch",
+    "prepare_lines",
     "prepare_message",
     "submit_batch",
 ]

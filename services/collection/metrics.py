@@ -53,6 +53,49 @@ class CollectionMetrics:
             registry=registry,
         )
 
+        self.ftp_logins = Counter(
+            "gridhub_collection_ftp_logins_total",
+            "FTP logins by outcome: ok, failed (unknown user or wrong password), anonymous (refused), throttled "
+            "(too many password checks from the address), busy (too many connections of the user).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ftp_uploads = Counter(
+            "gridhub_collection_ftp_uploads_total",
+            "FTP uploads by outcome: completed (queued for processing), too_large (cut off at the size limit), "
+            "aborted (ABOR, lost connection, data error), busy (too many uploads), queue_full, not_allowed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ftp_refusals = Counter(
+            "gridhub_collection_ftp_refusals_total",
+            "FTP commands refused by reason (path_outside_home, not_allowed, bad_name).",
+            ["reason"],
+            registry=registry,
+        )
+        self.ftp_files = Counter(
+            "gridhub_collection_ftp_files_total",
+            "Dropped files by what processing did: processed (receipt written), rejected (invalid header, receipt "
+            "written), failed (an error; the file stays in the spool and is processed again on restart).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ftp_queued_files = Gauge(
+            "gridhub_collection_ftp_queued_files",
+            "Files uploaded and waiting for (or in) processing.",
+            registry=registry,
+        )
+        self.ftp_paused = Gauge(
+            "gridhub_collection_ftp_paused",
+            "File processors waiting for Kafka (breaker open or publishes failing); their files wait in the spool.",
+            registry=registry,
+        )
+        self.ftp_quota_waits = Counter(
+            "gridhub_collection_ftp_quota_waits_total",
+            "Times a file's batch waited for its partner's quota (processing slowed, nothing refused).",
+            registry=registry,
+        )
+
     def count(self, channel: str, kind: str, outcomes: Iterable[ItemOutcome]) -> None:
         """Count one batch's outcomes."""
         accepted = duplicates = 0

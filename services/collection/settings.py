@@ -7,6 +7,7 @@ the other defaults; ``COLLECTION_MQTT__RECEIVE_MAXIMUM=500`` likewise.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -48,6 +49,14 @@ class Boundaries(_Section):
         quota=QuotaSettings(rate=1.0, burst=200),
         # Between paho's network thread and asyncio; readings must never be dropped, so back pressure.
         buffer=BufferSettings(capacity=1000),
+    )
+    ftp_ingress: BoundaryPolicy = BoundaryPolicy(
+        # Per partner (FTP user), in readings: processing a file waits for tokens, it is slowed, never refused.
+        quota=QuotaSettings(rate=5000, burst=20_000),
+        # Uploads in progress across all partners; one more is refused at once (450, try later).
+        bulkhead=BulkheadSettings(max_concurrent=16),
+        # The largest file accepted; an upload passing it is cut off (552) and discarded.
+        max_body_bytes=1024 * 1024 * 1024,
     )
     kafka_producer: BoundaryPolicy = BoundaryPolicy(
         # Opens after 3 of the last 6 publishes failed or took longer than the timeout (a dead broker makes
@@ -94,6 +103,67 @@ class MqttSettings(_Section):
     max_retry_backoff_seconds: PositiveFloat = 10.0
 
 
+class FtpSettings(_Section):
+    """The FTP ingress: listener, partner homes, upload and processing limits."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0: any free port (tests).
+    port: int = Field(default=2121, ge=0, le=65535)
+    # Passive data connections use a port in this range (open it in firewalls); 0 and 0: any free port.
+    passive_port_first: int = Field(default=30_000, ge=0, le=65535)
+    passive_port_last: int = Field(default=30_099, ge=0, le=65535)
+    # Partner homes (users/<login>/inbox, outbox) and the spool of uploads and queued files live here.
+    root: Path = Path(".stack/collection/ftp")
+    max_connections: PositiveInt = 64
+    max_connections_per_user: PositiveInt = 4
+    # Uploads of one partner in progress at once (the boundary's bulkhead bounds all partners together).
+    max_uploads_per_user: PositiveInt = 2
+    # Files of one partner uploaded but not yet processed; one more upload is refused (452) until some are done.
+    max_queued_files_per_user: PositiveInt = 20
+    # Files processed at once (each streams its lines; memory is batch_lines x max_line_bytes per worker).
+    processing_workers: PositiveInt = 2
+    # Lines validated and published to Kafka together; duplicates are recognised within one batch.
+    batch_lines: PositiveInt = 5000
+    max_line_bytes: Annotated[int, Field(ge=128, le=65536)] = 1024
+    block_size: Annotated[int, Field(ge=4096, le=4 * 1024 * 1024)] = 64 * 1024
+    # A silent control connection is closed after this long; a stalled data connection after socket_timeout.
+    idle_timeout_seconds: PositiveFloat = 300.0
+    socket_timeout_seconds: PositiveFloat = 60.0
+    # Password checks that are not cached (first login, wrong passwords) per remote address: guessing is slowed.
+    login_checks_per_second: PositiveFloat = 2.0
+    login_checks_burst: PositiveInt = 20
+    # Waits between publish attempts while Kafka is down (the file waits in the spool meanwhile).
+    retry_backoff_seconds: PositiveFloat = 0.5
+    max_retry_backoff_seconds: PositiveFloat = 10.0
+
+    @model_validator(mode="after")
+    def _passive_range(self) -> Self:
+        first, last = self.passive_port_first, self.passive_port_last
+        if (first == 0) != (last == 0) or first > last:
+            raise ValueError("ftp passive ports: first <= last, or both 0 for any free port")
+        return self
+
+
+class LagSignalSettings(_Section):
+    """Lag-aware admission: the read side's consumer-group lag on a topic scales the ingress quotas down."""
+
+    group_id: str = Field(default="readside", pattern=r"^[A-Za-z0-9._-]{1,255}$")
+    topic: str = "meter.readings.v1"
+    # No pressure at or below `low` records of lag, full pressure (quotas at min_scale) at or above `high`.
+    low: Annotated[float, Field(ge=0)] = 50_000
+    high: PositiveFloat = 500_000
+    # How often the lag is read from Kafka; each boundary's `admission` settings say how far and how fast its
+    # quota follows (min_scale at full pressure, recovery_per_second, update interval).
+    poll_interval_seconds: PositiveFloat = 5.0
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if not self.low < self.high:
+            raise ValueError("lag_signal: need low < high")
+        return self
+
+
 class CollectionSettings(ServiceSettings):
     """Settings of ``services.collection`` (``COLLECTION_*``)."""
 
@@ -125,6 +195,9 @@ class CollectionSettings(ServiceSettings):
     kafka_linger_ms: int = Field(default=5, ge=0)
 
     mqtt: MqttSettings = MqttSettings()
+    ftp: FtpSettings = FtpSettings()
+    # Off unless set: which consumer group's lag lowers the REST, MQTT and FTP quotas (lag-aware admission).
+    lag_signal: LagSignalSettings | None = None
     boundaries: Boundaries = Boundaries()
 
     @model_validator(mode="after")
@@ -139,6 +212,12 @@ class CollectionSettings(ServiceSettings):
         if min(bursts) < mqtt.max_readings_per_message:
             # A message costs one token per reading; one that costs more than the burst could never pass.
             raise ValueError("boundaries.mqtt_ingress.quota bursts must be >= mqtt.max_readings_per_message")
+        ftp = self.boundaries.ftp_ingress
+        if ftp.quota is None or ftp.bulkhead is None or ftp.max_body_bytes is None:
+            raise ValueError("boundaries.ftp_ingress needs a quota, a bulkhead and max_body_bytes (max file size)")
+        if min([ftp.quota.burst, *(o.burst for o in ftp.quota.overrides.values())]) < self.ftp.batch_lines:
+            # A batch costs one token per line; one that costs more than the burst could never pass.
+            raise ValueError("boundaries.ftp_ingress.quota bursts must be >= ftp.batch_lines")
         if self.boundaries.kafka_producer.breaker is None:
             raise ValueError("boundaries.kafka_producer needs a breaker")
         # The base class checks top-level secrets only; this one is nested.

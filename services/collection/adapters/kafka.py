@@ -186,6 +186,11 @@ class KafkaPublisher:
         self._producer = producer
         self._breaker = breaker
         self._timeout = timeout
+        # aiokafka's accumulator holds one batch per partition; concurrent send_batch calls for a partition wait
+        # for that slot in a loop whose timeout shrinks by the total time waited on every lost race, so under
+        # contention they fail with KafkaTimeoutError although Kafka is fine. A lock per partition queues them
+        # fairly (first come, first served) instead; it is held until the batch is queued, not until it is acked.
+        self._slots: dict[tuple[str, int], asyncio.Lock] = {}
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -226,16 +231,21 @@ class KafkaPublisher:
             groups.setdefault((topic, partition), []).append(record)
         acks: list[asyncio.Future[Any]] = []
         for (topic, partition), group in groups.items():
+            slot = self._slots.get((topic, partition))
+            if slot is None:
+                slot = self._slots[(topic, partition)] = asyncio.Lock()
             batch = producer.create_batch()
             for record in group:
                 if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
                     batch.close()
-                    acks.append(await producer.send_batch(batch, topic, partition=partition))
+                    async with slot:
+                        acks.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                     if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
                         raise ValueError(f"a record of {len(record.value)} bytes does not fit into a batch")
             batch.close()
-            acks.append(await producer.send_batch(batch, topic, partition=partition))
+            async with slot:
+                acks.append(await producer.send_batch(batch, topic, partition=partition))
         # return_exceptions: wait for every batch, so none is left with an exception nobody retrieves.
         outcomes = await asyncio.gather(*acks, return_exceptions=True)
         for outcome in outcomes:

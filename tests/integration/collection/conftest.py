@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
+from services.collection.adapters.ftpusers import PostgresFtpUserStore, new_ftp_user
+from services.collection.app import create_app
+from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 from stack.config import StackConfig
-from stack.mosquitto import Mosquitto
-from stack.process import run
-from tests.integration.collection.support import Device, TopicReader, can_log_in, new_meterpoint
+from tests.integration.collection.support import Device, TopicReader, device_factory
 
 
 @pytest.fixture
@@ -33,23 +38,64 @@ async def topic_reader(kafka_bootstrap: str) -> AsyncIterator[Callable[[str], An
 @pytest.fixture
 def devices(stack: StackConfig) -> Iterator[Callable[[], Device]]:
     """Factory of logged-in devices with fresh meterpoints; their broker users are removed afterwards."""
-    broker = Mosquitto(stack)
-    made: list[Device] = []
+    with device_factory(stack) as make:
+        yield make
 
-    def make() -> Device:
-        meterpoint = new_meterpoint()
+
+@dataclass
+class FtpService:
+    """The collection app with its FTP server (REST and Kafka real, MQTT off), partners in PostgreSQL."""
+
+    app: FastAPI
+    port: int
+    root: Path
+    registry: CollectorRegistry
+    users: PostgresFtpUserStore
+
+    async def add_partner(self, login: str | None = None) -> tuple[str, str]:
+        login = login or f"p{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(16)
-        broker.add_user(meterpoint, password)  # the broker reloads its password file on SIGHUP
-        deadline = time.monotonic() + 10.0
-        while not can_log_in(stack, meterpoint, password):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the broker did not pick up the new device")
-        device = Device(meterpoint, password, stack.host, stack.mqtt_port)
-        device.connect()
-        made.append(device)
-        return device
+        await self.users.add(new_ftp_user(login, password))
+        return login, password
 
-    yield make
-    for device in made:
-        device.close()
-        run(["mosquitto_passwd", "-D", str(broker.passwd), device.meterpoint_id], timeout=30)
+    def outbox(self, login: str) -> Path:
+        return self.root / "users" / login / "outbox"
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+FtpFactory = Callable[..., AbstractAsyncContextManager[FtpService]]
+
+
+@pytest.fixture
+async def ftp_service(kafka_bootstrap: str, pg_dsn: str, pg_schema: str, tmp_path: Path) -> AsyncIterator[FtpFactory]:
+    """``async with ftp_service(**ftp_settings) as service``: the app with an FTP server on a free port."""
+
+    @asynccontextmanager
+    async def running(boundaries: Boundaries | None = None, **ftp: Any) -> AsyncIterator[FtpService]:
+        values: dict[str, Any] = {
+            "root": tmp_path / "ftp",
+            "port": 0,
+            "passive_port_first": 0,
+            "passive_port_last": 0,
+            "batch_lines": 50,
+            **ftp,
+        }
+        settings = CollectionSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            postgres_dsn=pg_dsn,
+            postgres_schema=pg_schema,
+            mqtt=MqttSettings(enabled=False),
+            ftp=FtpSettings(**values),
+            boundaries=boundaries or Boundaries(),
+        )
+        registry = CollectorRegistry()
+        app = create_app(settings, registry=registry)
+        async with app.router.lifespan_context(app):
+            parts = app.state.parts
+            assert parts.ftp is not None
+            assert parts.pool is not None
+            yield FtpService(app, parts.ftp.port, settings.ftp.root, registry, PostgresFtpUserStore(parts.pool))
+
+    return running

@@ -7,8 +7,10 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -146,3 +148,200 @@ def drop_session(stack: StackConfig, client_id: str) -> None:
         time.sleep(0.02)
     client.disconnect()
     client.loop_stop()
+
+
+# --- FTP -------------------------------------------------------------------------------------------------------
+
+CSV_HEADER = "meterpoint_id,register,interval_end,resolution,value,unit,quality"
+
+
+def csv_line(meterpoint: str, quarter: int, *, value: float | None = None, **changes: str) -> str:
+    """One CSV line of a 15-minute active-import reading on 2025-03-01 (``changes`` replace cells by column)."""
+    cells = {
+        "meterpoint_id": meterpoint,
+        "register": "active_import",
+        "interval_end": f"2025-03-01T{quarter // 4:02d}:{quarter % 4 * 15:02d}:00Z",
+        "resolution": "PT15M",
+        "value": f"{round(0.25 * quarter if value is None else value, 3)}",
+        "unit": "kWh",
+        "quality": "measured",
+    }
+    cells.update(changes)
+    return ",".join(cells.values())
+
+
+async def ftp_login(port: int, user: str, password: str) -> Any:
+    """A logged-in aioftp client (close it with ``await client.quit()`` or ``client.close()``)."""
+    import aioftp
+
+    client = aioftp.Client(socket_timeout=10, path_timeout=10)
+    await client.connect("127.0.0.1", port)
+    try:
+        await client.login(user, password)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+async def ftp_upload(client: Any, path: str, data: bytes, *, block: int = 64 * 1024) -> None:
+    """STOR ``data`` and wait for the server's 226 (``aioftp.StatusCodeError`` with the server's refusal).
+
+    Like ``client.upload_stream`` but closing the data connection when the server refuses the STOR (aioftp's
+    client leaves it open then).
+    """
+    from aioftp.client import DataConnectionThrottleStreamIO
+
+    reader, writer = await client.get_passive_connection("I")
+    try:
+        await client.command(f"STOR {path}", "1xx")
+    except BaseException:
+        writer.close()
+        raise
+    stream = DataConnectionThrottleStreamIO(
+        client, reader, writer, throttles={"_": client.throttle}, timeout=client.socket_timeout
+    )
+    async with stream:
+        for start in range(0, len(data), block):
+            await stream.write(data[start : start + block])
+
+
+async def wait_for_file(path: Any, *, timeout: float = 20.0) -> bytes:
+    """The content of ``path`` once it exists (receipts appear atomically)."""
+    async with asyncio.timeout(timeout):
+        while not path.exists():
+            await asyncio.sleep(0.02)
+    return bytes(path.read_bytes())
+
+
+# --- the whole service in-process: REST (httpx ASGI), MQTT ingress, FTP server ------------------------------
+
+
+@dataclass
+class RunningService:
+    """The collection app with every door open, and what a test needs to knock on each."""
+
+    app: Any
+    http: Any  # httpx.AsyncClient over ASGITransport
+    api_key: str
+    ftp_port: int
+    ftp_root: Path
+    ftp_users: Any  # PostgresFtpUserStore
+    registry: Any  # prometheus CollectorRegistry
+
+    async def add_partner(self) -> tuple[str, str]:
+        from services.collection.adapters.ftpusers import new_ftp_user
+
+        login, password = f"p{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+        await self.ftp_users.add(new_ftp_user(login, password))
+        return login, password
+
+    async def post_readings(self, items: list[dict[str, Any]]) -> Any:
+        import orjson
+
+        return await self.http.post(
+            "/v1/readings",
+            content=orjson.dumps(items),
+            headers={"X-API-Key": self.api_key, "Content-Type": "application/json"},
+        )
+
+    def outbox(self, login: str) -> Path:
+        return self.ftp_root / "users" / login / "outbox"
+
+
+def service_settings(stack: StackConfig, pg_dsn: str, pg_schema: str, ftp_root: Path, **changes: Any) -> Any:
+    """Settings for a test's own service: its own event source, MQTT client id and share group, FTP on free ports."""
+    from services.collection.settings import CollectionSettings, FtpSettings, MqttSettings
+
+    suffix = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        # Another collection instance on the shared stack consumes the same MQTT topics (in its own share group)
+        # and publishes what it gets too: the envelope's source tells this test's records from its.
+        "event_source": f"/gridhub/collection-test-{suffix}",
+        "kafka_bootstrap_servers": stack.kafka_bootstrap,
+        "postgres_dsn": pg_dsn,
+        "postgres_schema": pg_schema,
+        "mqtt": MqttSettings(
+            host=stack.host,
+            port=stack.mqtt_port,
+            password=stack.password("collection"),
+            client_id=f"collection-test-{suffix}",
+            share_group=f"collection-test-{suffix}",
+            session_expiry_seconds=120,
+            max_readings_per_message=50,
+        ),
+        "ftp": FtpSettings(root=ftp_root, port=0, passive_port_first=0, passive_port_last=0, batch_lines=100),
+    }
+    values.update(changes)
+    return CollectionSettings(**values)
+
+
+@asynccontextmanager
+async def running_service(settings: Any) -> AsyncIterator[RunningService]:
+    """Run the app (lifespan) with a fresh write key; MQTT subscribed and FTP listening before it yields."""
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    from libs.platform.apikeys import Role, generate_api_key
+    from services.collection.adapters.ftpusers import PostgresFtpUserStore
+    from services.collection.app import create_app
+
+    registry = CollectorRegistry()
+    app = create_app(settings, registry=registry)
+    async with app.router.lifespan_context(app):
+        parts = app.state.parts
+        if parts.mqtt is not None:
+            await parts.mqtt.wait_subscribed(10.0)
+        writer = generate_api_key(f"hes-{secrets.token_hex(3)}", Role.WRITE)
+        await app.state.api_key_store.add(writer.record)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://collection") as http:
+            yield RunningService(
+                app,
+                http,
+                writer.plain_key,
+                parts.ftp.port if parts.ftp is not None else 0,
+                settings.ftp.root,
+                PostgresFtpUserStore(parts.pool),
+                registry,
+            )
+
+
+@contextmanager
+def device_factory(stack: StackConfig) -> Iterator[Callable[[], Device]]:
+    """Make logged-in devices with fresh meterpoints; their broker users are removed at the end."""
+    from stack.mosquitto import Mosquitto
+    from stack.process import run
+
+    broker = Mosquitto(stack)
+    made: list[Device] = []
+
+    def make() -> Device:
+        meterpoint = new_meterpoint()
+        password = secrets.token_urlsafe(16)
+        broker.add_user(meterpoint, password)  # the broker reloads its password file on SIGHUP
+        deadline = time.monotonic() + 10.0
+        while not can_log_in(stack, meterpoint, password):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the broker did not pick up the new device")
+        device = Device(meterpoint, password, stack.host, stack.mqtt_port)
+        device.connect()
+        made.append(device)
+        return device
+
+    try:
+        yield make
+    finally:
+        for device in made:
+            device.close()
+            run(["mosquitto_passwd", "-D", str(broker.passwd), device.meterpoint_id], timeout=30)
+
+
+def produced_by(settings: Any) -> Callable[[Any], bool]:
+    """A record filter: events this test's service published (by the envelope's source)."""
+    source = settings.event_source.encode()
+
+    def match(record: Any) -> bool:
+        return b'"source":"' + source + b'"' in record.value
+
+    return match

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.platform.apikeys import Role, generate_api_key
 from services.collection.app import create_app
-from services.collection.settings import CollectionSettings, MqttSettings
+from services.collection.settings import CollectionSettings, FtpSettings, MqttSettings
 from tests.integration.collection.support import new_meterpoint
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -37,6 +37,7 @@ async def service(kafka_bootstrap: str, pg_dsn: str, pg_schema: str) -> AsyncIte
         postgres_dsn=pg_dsn,
         postgres_schema=pg_schema,
         mqtt=MqttSettings(enabled=False),
+        ftp=FtpSettings(enabled=False),
     )
     app = create_app(settings, registry=CollectorRegistry())
     async with app.router.lifespan_context(app):

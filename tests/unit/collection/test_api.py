@@ -20,7 +20,7 @@ from libs.flowcontrol.policy import BoundaryPolicy, BulkheadSettings, QuotaSetti
 from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
 from services.collection.adapters.kafka import PublishFailed
 from services.collection.app import create_app
-from services.collection.settings import Boundaries, CollectionSettings, MqttSettings
+from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 
 METERPOINT = "571313180400000025"
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -57,6 +57,7 @@ class Service:
 def settings(**changes: Any) -> CollectionSettings:
     values: dict[str, Any] = {
         "mqtt": MqttSettings(enabled=False),
+        "ftp": FtpSettings(enabled=False),
         "max_batch_items": 5,
         "boundaries": Boundaries(
             rest_ingress=BoundaryPolicy(
