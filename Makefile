@@ -45,9 +45,8 @@ stack-down: deps ## stop exactly the processes the stack started
 stack-status: deps ## show what runs, where, and its log
 	$(PY) python -m stack status
 
-run: stack-up ## bring the stack up (the services join with later work)
-	@echo "GridHub stack is up: Kafka 127.0.0.1:$${GRIDHUB_KAFKA_PORT:-9092}, PostgreSQL 127.0.0.1:$${GRIDHUB_PG_PORT:-5432}, MQTT 127.0.0.1:$${GRIDHUB_MQTT_PORT:-1883}"
-	@echo "Stop it with: make stack-down"
+run: deps ## the stack, the four services and a meter simulator until Ctrl-C (python -m ops.run)
+	$(PY) python -m ops.run
 
 lint: deps ## ruff lint and format check
 	$(PY) ruff check .

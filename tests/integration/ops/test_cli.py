@@ -1,0 +1,109 @@
+"""The `gridhub` command line: every command has help, and the script is installed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from libs.events.gsrn import with_check_digit
+from libs.platform.apikeys import ApiKeyRecord, parse_key_id, verify_api_key
+from libs.platform.apikeys_store import PostgresKeyStore
+from libs.platform.db import create_pool
+from ops.cli import app
+from stack.config import StackConfig
+from stack.mosquitto import Mosquitto
+
+COMMANDS = [
+    [],
+    ["device", "add"],
+    ["device", "remove"],
+    ["apikey", "add"],
+    ["apikey", "revoke"],
+    ["ftpuser", "add"],
+    ["ftpuser", "disable"],
+    ["lag"],
+    ["breakers"],
+    ["outbox"],
+    ["status"],
+    ["dlq", "replay"],
+    ["rebuild"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gridhub")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_the_gridhub_script_is_installed() -> None:
+    script = shutil.which("gridhub", path=str(Path(sys.executable).parent))
+    assert script is not None, "the [project.scripts] entry is not installed in the virtualenv"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "dlq" in result.stdout
+    assert "rebuild" in result.stdout
+
+
+def test_customers_has_logins_not_api_keys() -> None:
+    result = CliRunner().invoke(app, ["apikey", "add", "customers", "billing"])
+    assert result.exit_code == 2
+    assert "CUSTOMERS_CLIENTS" in result.output
+
+
+def test_breakers_names_services_it_cannot_reach() -> None:
+    closed = {f"{name}_HTTP_PORT": "9" for name in ("COLLECTION", "CUSTOMERS", "WORKORDERS", "READSIDE")}
+    result = CliRunner().invoke(app, ["breakers", "--json"], env=closed)
+    assert result.exit_code == 0, result.output
+    states = json.loads(result.output)
+    assert {state["service"] for state in states} == {"collection", "customers", "workorders", "readside"}
+    assert all(state["state"] is None and state["detail"].startswith("unreachable") for state in states)
+
+
+@pytest.mark.mqtt
+def test_a_device_is_added_and_removed(stack: StackConfig) -> None:
+    meterpoint = with_check_digit("5713131" + "".join(secrets.choice("0123456789") for _ in range(10)))
+    added = CliRunner().invoke(app, ["device", "add", meterpoint])
+    assert added.exit_code == 0, added.output
+    assert "password (shown once)" in added.output
+    assert f"{meterpoint}:" in Path(Mosquitto(stack).passwd).read_text()
+    removed = CliRunner().invoke(app, ["device", "remove", meterpoint])
+    assert removed.exit_code == 0, removed.output
+    assert f"{meterpoint}:" not in Path(Mosquitto(stack).passwd).read_text()
+
+
+@pytest.mark.postgres
+def test_a_read_side_key_is_made_and_revoked(stack: StackConfig) -> None:
+    client = f"test-{secrets.token_hex(4)}"
+    added = CliRunner().invoke(app, ["apikey", "add", "readside", client])
+    assert added.exit_code == 0, added.output
+    key = added.output.split("API key (shown once): ")[1].split()[0]
+    key_id = parse_key_id(key)
+    assert key_id is not None
+    assert "role read" in added.output
+    record = asyncio.run(_stored(stack, key_id))
+    assert record is not None
+    assert record.client == client
+    assert verify_api_key(key, record)
+    revoked = CliRunner().invoke(app, ["apikey", "revoke", "readside", key_id])
+    assert revoked.exit_code == 0, revoked.output
+    after = asyncio.run(_stored(stack, key_id))
+    assert after is not None
+    assert not after.active
+
+
+async def _stored(stack: StackConfig, key_id: str) -> ApiKeyRecord | None:
+    pool = await create_pool(stack.postgres_dsn("readside"), schema="readside", max_size=1)
+    try:
+        return await PostgresKeyStore(pool).get(key_id)
+    finally:
+        await pool.close()
