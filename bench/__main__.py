@@ -1,10 +1,283 @@
-"""Run every benchmark with its default parameters (`make bench`); `--quick` runs each as a smoke test."""
+"""Run every benchmark (`make bench`), each in a process of its own, and write bench/results/README.md.
 
+    uv run python -m bench                     # default scale, about 10 minutes on 2 cores; reports in bench/results/
+    uv run python -m bench --quick             # every benchmark as a smoke test; writes nothing unless --out
+    uv run python -m bench --only demo --only domino
+
+Prints the machine first, then each benchmark's report (its parameters, absolute figures and ratios), then the
+headline figures, which also go into the README of the results folder with links to every report and plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import subprocess
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from bench import flowcontrol, readside
+from bench.common import RESULTS, machine
 
-BENCHMARKS = (flowcontrol, readside)
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    measures: str
+    report: str  # file name in the results folder
+    plots: tuple[str, ...] = ()
+
+
+BENCHMARKS = (
+    Benchmark("flowcontrol", "flow-control policies and the REST middleware against none", "flowcontrol.md"),
+    Benchmark("readside", "read-side materialization against aiokafka -> COPY; produce -> queryable", "readside.md"),
+    Benchmark(
+        "collection", "REST and MQTT ingest against a raw aiokafka batch producer; RSS under load", "collection.md"
+    ),
+    Benchmark(
+        "demo",
+        "the talk's demo: fast producer, fast/slow consumers, drop_new, backpressure",
+        "demo.md",
+        ("demo.png", "demo-a.png", "demo-b.png", "demo-c.png", "demo-d.png"),
+    ),
+    Benchmark(
+        "domino",
+        "slow customers SOAP behind work orders: flow control off, edge only, on",
+        "domino.md",
+        ("domino.png",),
+    ),
+    Benchmark(
+        "pipeline",
+        "REST -> Kafka -> read side: sustainable rate, latency at 25/50/80 %, 10x overload for 60 s",
+        "pipeline.md",
+        ("pipeline.png",),
+    ),
+)
+BY_NAME = {benchmark.name: benchmark for benchmark in BENCHMARKS}
+ROOT = Path(__file__).parent.parent
+
+
+@dataclass
+class Outcome:
+    benchmark: Benchmark
+    returncode: int | None  # None: not run (not selected, or not in this checkout)
+    seconds: float = 0.0
+
+
+def available(benchmark: Benchmark) -> bool:
+    return importlib.util.find_spec(f"bench.{benchmark.name}") is not None
+
+
+def run(benchmark: Benchmark, quick: bool, out: Path | None) -> Outcome:
+    """``python -m bench.<name>``, its output passed through."""
+    if not available(benchmark):
+        print(f"\n## {benchmark.name}: not in this checkout, skipped\n", flush=True)
+        return Outcome(benchmark, None, 0.0)
+    command = [sys.executable, "-m", f"bench.{benchmark.name}"]
+    if quick:
+        command.append("--quick")
+    if out is not None:
+        # The older benchmarks take the report's file, the newer ones a folder for report and plots.
+        command += ["--out", str(out / benchmark.report if not benchmark.plots else out)]
+    print(f"\n{'=' * 100}\n$ {' '.join(command[1:])}\n", flush=True)
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, check=False)
+    return Outcome(benchmark, result.returncode, time.monotonic() - started)
+
+
+# --- headline figures, read back from the reports ---------------------------------------------------------------------
+
+
+def _find(pattern: str, text: str) -> re.Match[str] | None:
+    return re.search(pattern, text, re.MULTILINE)
+
+
+def _flowcontrol(text: str, folder: Path) -> str:
+    in_process = _find(r"\*\*ratio guarded / plain\*\* \| \*\*([\d.]+)\*\* \(\+([\d.]+) µs\)", text)
+    wire = _find(r"\*\*ratio guarded / plain\*\* \| \*\*([\d.]+)\*\* \| \*\*[\d.]+\*\* \| \| \*\*([\d.]+)\*\*", text)
+    parts = []
+    if in_process:
+        parts.append(f"middleware: ratio {float(in_process[1]):.2f} per request in process (+{in_process[2]} µs)")
+    if wire:
+        parts.append(
+            f"server CPU per request ratio {float(wire[2]):.2f} over HTTP, throughput ratio {float(wire[1]):.2f}"
+        )
+    return "; ".join(parts)
+
+
+def _readside(text: str, folder: Path) -> str:
+    ratio = _find(r"\*\*Ratio read side / baseline: ([\d.]+)\*\*", text)
+    rows = re.findall(r"^\| (baseline|read side)[^|]*\| [\d.]+ \| ([\d,]+) \|", text, re.MULTILINE)
+    latency = _find(r"^\| (\d+) ms \| (\d+) ms \| (\d+) ms \|", text)
+    parts = []
+    if ratio:
+        rates = {name: value for name, value in rows}
+        parts.append(
+            f"materialization at ratio {ratio[1]} of aiokafka -> COPY ({rates.get('read side', '?')} vs "
+            f"{rates.get('baseline', '?')} readings/s)"
+        )
+    if latency:
+        parts.append(f"produce -> queryable p50 {latency[1]} ms, p99 {latency[2]} ms")
+    return "; ".join(parts)
+
+
+def _collection(text: str, folder: Path) -> str:
+    parts = []
+    for path, label in (("REST", "REST"), ("MQTT", "MQTT")):
+        row = _find(rf"^\| {path}[^|]*\| ([\d.]+k) \| ([\d.]+k) \| ([\d.]+) \|", text)
+        if row:
+            parts.append(
+                f"{label} ingest {row[1]} readings/s, ratio {row[3]} of a raw aiokafka batch producer ({row[2]})"
+            )
+    before, peak = _find(r"^\| before \| (\d+) \|", text), _find(r"^\| peak during the overload \| (\d+) \|", text)
+    if before and peak:
+        parts.append(f"RSS under 10x REST load {before[1]} -> {peak[1]} MiB")
+    return "; ".join(parts) or _generic(text, folder)
+
+
+def _generic(text: str, folder: Path) -> str:
+    """Bold ratio lines of a report whose layout this file does not know."""
+    found = [line.strip() for line in text.splitlines() if "**" in line and "ratio" in line.lower()]
+    return "; ".join(re.sub(r"\s+", " ", line.replace("**", "")).strip("| ") for line in found[:3])
+
+
+def _demo(text: str, folder: Path) -> str:
+    data = _json(folder / "demo.json")
+    if not data:
+        return ""
+    b, c, d = data.get("b", {}), data.get("c", {}), data.get("d", {})
+    return (
+        f"(b) unbounded: {b.get('slow_in_memory', 0):,} readings in memory at the end, committed but unhandled; "
+        f"(c) drop_new: {c.get('lost', 0):,} of {c.get('accepted', 0):,} lost (dropped, counted); "
+        f"(d) backpressure: {d.get('lost', 0)} of {d.get('accepted', 0):,} lost, producer slowed by 429s "
+        "(reconciled by reading id)"
+    )
+
+
+def _domino(text: str, folder: Path) -> str:
+    data = _json(folder / "domino.json")
+    if not data:
+        return ""
+    parts = []
+    for mode, figures in data.items():
+        parts.append(
+            f"{mode}: creates answered in time {100 * figures['create_ok']:.0f} %, crews' reads ok "
+            f"{100 * figures['read_ok']:.0f} %, customer centre ok {100 * figures['centre_ok']:.0f} %, "
+            f"RSS +{figures['rss_growth']:.0f} MiB"
+        )
+    return "; ".join(parts)
+
+
+def _pipeline(text: str, folder: Path) -> str:
+    data = _json(folder / "pipeline.json")
+    if not data:
+        return ""
+    o = data["overload"]
+
+    def peak(service: str) -> float:
+        return float(max(o[f"{service}_rss_peak_first_half"], o[f"{service}_rss_peak_second_half"]))
+
+    latency = ", ".join(
+        f"{row['share']:.0%}: p50 {row['p50'] * 1000:.0f} / p99 {row['p99'] * 1000:.0f} ms" for row in data["latency"]
+    )
+    return (
+        f"sustainable {data['sustainable']:,.0f} readings/s; arrival -> queryable {latency}; 10x overload: "
+        f"{o['accepted'] / max(o['offered'], 1):.0%} admitted, **{o['lost']} lost** of {o['acked_total']:,} "
+        f"acknowledged, p99 of admitted {o['p99']:.1f} s, RSS ingress {o['ingress_rss_start']:.0f} -> "
+        f"{peak('ingress'):.0f} MiB, read side {o['readside_rss_start']:.0f} -> {peak('readside'):.0f} MiB, "
+        f"recovered in {o['recovered_after']:.1f} s"
+    )
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+HEADLINES: dict[str, Callable[[str, Path], str]] = {
+    "flowcontrol": _flowcontrol,
+    "collection": _collection,
+    "readside": _readside,
+    "demo": _demo,
+    "domino": _domino,
+    "pipeline": _pipeline,
+}
+
+
+def _run_line(text: str) -> str:
+    match = _find(r"^Run (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", text)
+    return match[1] if match else "?"
+
+
+def readme(folder: Path, outcomes: list[Outcome], quick: bool, total: float) -> str:
+    info = machine()
+    lines = [
+        "# Benchmark results" + (" (quick smoke run: not measurements)" if quick else ""),
+        "",
+        f"Collected {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m bench{' --quick' if quick else ''}` "
+        f"({total:.0f} s) on {info['cores']} cores ({info['cpu']}), {info['memory']}, {info['os']}, "
+        f"Python {info['python']}. Kafka, PostgreSQL and the benchmarks share the machine; judge by the ratios.",
+        "",
+        "| benchmark | measures | run (UTC) | headline | report | plots | took |",
+        "|---|---|---|---|---|---|---:|",
+    ]
+    for outcome in outcomes:
+        benchmark = outcome.benchmark
+        report = folder / benchmark.report
+        text = report.read_text() if report.exists() else ""
+        if outcome.returncode is None:
+            headline = HEADLINES.get(benchmark.name, _generic)(text, folder) if text else "not run"
+            took = "earlier run" if text else "-"
+        elif outcome.returncode != 0:
+            headline, took = f"**failed (exit {outcome.returncode})**", f"{outcome.seconds:.0f} s"
+        else:
+            headline = HEADLINES.get(benchmark.name, _generic)(text, folder) or "see the report"
+            took = f"{outcome.seconds:.0f} s"
+        link = f"[{benchmark.report}]({benchmark.report})" if text else "-"
+        plots = ", ".join(f"[{plot}]({plot})" for plot in benchmark.plots if (folder / plot).exists()) or "-"
+        lines.append(
+            f"| {benchmark.name} | {benchmark.measures} | {_run_line(text) if text else '-'} | {headline} | {link} | "
+            f"{plots} | {took} |"
+        )
+    lines += ["", "The demo plot: [demo.png](demo.png) (one column per scenario).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="every benchmark as a smoke test, not a measurement")
+    parser.add_argument("--only", choices=sorted(BY_NAME), action="append", help="run only these (repeatable)")
+    parser.add_argument("--out", type=Path, help=f"folder for reports, plots and README.md (default: {RESULTS})")
+    args = parser.parse_args(argv)
+    selected = [BY_NAME[name] for name in args.only] if args.only else list(BENCHMARKS)
+    info = machine()
+    print(f"Machine: {info['cores']} cores, {info['cpu']}, {info['memory']}, {info['os']}, Python {info['python']}")
+    print("Benchmarks: " + ", ".join(b.name for b in selected) + (" (quick)" if args.quick else ""), flush=True)
+    started = time.monotonic()
+    ran = {benchmark.name: run(benchmark, args.quick, args.out) for benchmark in selected}
+    outcomes = [ran.get(benchmark.name) or Outcome(benchmark, None) for benchmark in BENCHMARKS]
+    total = time.monotonic() - started
+    folder = args.out or (None if args.quick else RESULTS)
+    print(f"\n{'=' * 100}\nAll benchmarks took {total:.0f} s.")
+    if folder is not None:
+        text = readme(folder, outcomes, args.quick, total)
+        (folder / "README.md").write_text(text)
+        print(text)
+        print(f"written to {folder / 'README.md'}")
+    failed = [o.benchmark.name for o in outcomes if o.returncode not in (0, None)]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
 
 if __name__ == "__main__":
-    sys.exit(max(benchmark.main(sys.argv[1:]) for benchmark in BENCHMARKS))
+    sys.exit(main())
