@@ -75,6 +75,8 @@ class OpenWorkOrder(_Body):
     window_start: datetime | None
     window_end: datetime | None
     created_at: datetime
+    customer_id: str | None = Field(description="The customer at the meterpoint on the day the order was opened.")
+    customer_name: str | None = Field(description="That customer's name; None until the customer's record arrived.")
 
 
 class ActiveAlarm(_Body):

@@ -53,9 +53,18 @@ FROM meterpoint_links l LEFT JOIN customers c USING (customer_id)
 WHERE l.meterpoint_id = $1 AND l.move_in <= $2 AND (l.move_out IS NULL OR l.move_out >= $2)
 ORDER BY l.move_in DESC, l.customer_id LIMIT 1
 """
+# Each open order with the customer at its meterpoint on the local day it was opened: the crew's contact.
 OPEN_WORK_ORDERS = """
-SELECT work_order_id, type, status, crew, window_start, window_end, created_at FROM work_orders
-WHERE meterpoint_id = $1 AND status = ANY($2::text[]) ORDER BY created_at, work_order_id
+SELECT w.work_order_id, w.type, w.status, w.crew, w.window_start, w.window_end, w.created_at,
+       c.customer_id, c.name AS customer_name
+FROM work_orders w
+LEFT JOIN LATERAL (
+    SELECT l.customer_id, cu.name FROM meterpoint_links l LEFT JOIN customers cu USING (customer_id)
+    WHERE l.meterpoint_id = w.meterpoint_id AND l.move_in <= (w.created_at AT TIME ZONE $3::text)::date
+      AND (l.move_out IS NULL OR l.move_out >= (w.created_at AT TIME ZONE $3::text)::date)
+    ORDER BY l.move_in DESC, l.customer_id LIMIT 1
+) c ON true
+WHERE w.meterpoint_id = $1 AND w.status = ANY($2::text[]) ORDER BY w.created_at, w.work_order_id
 """
 # Outage alarms end with a later power restore; any alarm ends when a work order at the meterpoint completes
 # after it was raised; and alarms older than the active window are history.
@@ -217,7 +226,8 @@ class ViewQueries:
                 customer=CurrentCustomer(**dict(customer)) if customer is not None else None,
                 latest_readings=[LatestReading(**dict(r)) for r in await conn.fetch(LATEST_READINGS, meterpoint_id)],
                 open_work_orders=[
-                    OpenWorkOrder(**dict(r)) for r in await conn.fetch(OPEN_WORK_ORDERS, meterpoint_id, OPEN_STATUSES)
+                    OpenWorkOrder(**dict(r))
+                    for r in await conn.fetch(OPEN_WORK_ORDERS, meterpoint_id, OPEN_STATUSES, timezone.key)
                 ],
                 active_alarms=[
                     ActiveAlarm(**dict(r))

@@ -69,6 +69,9 @@ async def test_meterpoint_overview_with_etag_and_freshness(
     latest = max(e.data.interval_end for e in stream.events if e.data.meterpoint_id == METERPOINTS[2])
     assert {datetime.fromisoformat(r["interval_end"]) for r in body["latest_readings"]} == {latest}
     assert [(w["work_order_id"], w["status"]) for w in body["open_work_orders"]] == [("WO-41-2", "scheduled")]
+    # The crew's contact: the customer at the meterpoint when the order was opened, with the latest name.
+    assert body["open_work_orders"][0]["customer_id"] == "C-41-2"
+    assert body["open_work_orders"][0]["customer_name"] == "Customer 2 (moved)"
     assert [a["alarm"] for a in body["active_alarms"]] == ["tamper", "power_failure"]
     assert body["last_seen"] is not None
     freshness = body["freshness"]
