@@ -3,7 +3,14 @@
 The platform is started exactly as ``make run`` starts it, on free ports and with identities of its own (run
 name, meterpoint ids, MQTT client id and share group, FTP folder), so it can run beside a developer's ``make run``
 and the services' own tests. Through the read side's API it must show readings of a meter of every channel
-(MQTT, REST, FTP) and the customer the simulator registered over SOAP; then SIGTERM must stop every process
+(MQTT, REST, FTP) and the customer the simulator registered over SOAP.
+
+Then the test acts as a grid's own systems on meterpoints of its own: it registers customers and links them over
+SOAP, sends readings over MQTT, REST and FTP (one reading twice, over two channels) and raises tamper alarms. The
+read side must show each meterpoint with its customer, the exact consumption, and an open inspection order
+carrying the customer's name; the second alarm is raised while the customers service is stopped (SIGSTOP: it
+accepts connections but never answers, the hardest outage for a caller), and its order must still open, with the
+customer pending, and be enriched once the service is back (SIGCONT). Finally SIGTERM must stop every process
 gracefully within the deadline.
 """
 
@@ -18,20 +25,35 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from stack.config import REPO, StackConfig
+from tests.e2e.support import (
+    CustomerCentre,
+    interval_ends,
+    new_meterpoint,
+    post,
+    publish_over_mqtt,
+    reading,
+    upload_over_ftp,
+)
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.timeout(300)]
 
 SERVICES = ("collection", "customers", "workorders", "readside")
 STARTUP_SECONDS = 90  # stack + four services + provisioning + the first readings through to the read side
 STOP_SECONDS = 60
+FLOW_SECONDS = 60  # from an acknowledgement to the read side (or an order), with the simulator running beside
+LOCAL = ZoneInfo("Europe/Copenhagen")  # the read side's and the customers service's calendar
 T = TypeVar("T")
 
 
@@ -51,6 +73,8 @@ class Platform:
 
     def __init__(self, process: subprocess.Popen[bytes], output: Path, run_dir: Path) -> None:
         self.process, self.output, self.run_dir = process, output, run_dir
+        self.stopped: list[int] = []  # pids the test stopped with SIGSTOP
+        self.devices: list[str] = []  # MQTT devices the test added
 
     def wait_for(self, condition: Callable[[], T | None], timeout: float, what: str) -> T:
         """Poll ``condition`` until it returns a value; fail with the runner's output on death or deadline."""
@@ -98,7 +122,9 @@ def _environment(tmp_path: Path, tag: str) -> dict[str, str]:
     }
 
 
-def test_make_run_shows_every_channel_and_customers_then_stops_cleanly(stack: StackConfig, tmp_path: Path) -> None:
+def test_make_run_from_soap_and_three_channels_to_the_read_side_then_a_clean_stop(
+    stack: StackConfig, tmp_path: Path
+) -> None:
     tag = secrets.token_hex(4)
     env = _environment(tmp_path, tag)
     output = tmp_path / "ops-run.log"
@@ -152,6 +178,14 @@ def test_make_run_shows_every_channel_and_customers_then_stops_cleanly(stack: St
             assert order["customer"]["status"] == "known", order
             assert order["customer"]["customer_id"] == customer
 
+        with own_ftp_partner(env, tag) as partner:
+            grid = Grid(platform, env, credentials, partner, tag)
+            try:
+                grid.readings_over_every_channel_give_the_exact_consumption_and_an_enriched_order()
+                grid.an_alarm_while_customers_is_stopped_opens_an_order_enriched_after_it_returns()
+            finally:
+                grid.close()
+
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=STOP_SECONDS)
@@ -169,10 +203,189 @@ def test_make_run_shows_every_channel_and_customers_then_stops_cleanly(stack: St
         assert ended["simulator"]["returncode"] == 0, tail(platform.run_dir / "simulator.log")
         assert "still up; `make stack-down`" in output.read_text()
     finally:
+        resume(platform)
         if process.poll() is None:
             process.kill()  # the services get SIGTERM from the kernel (PR_SET_PDEATHSIG)
             process.wait(timeout=30)
         _forget_identities(platform)
+
+
+class Grid:
+    """The grid's own systems and meters, acting on meterpoints of the test's own."""
+
+    def __init__(
+        self, platform: Platform, env: dict[str, str], credentials: dict[str, Any], partner: tuple[str, str], tag: str
+    ) -> None:
+        self.platform, self.env, self.credentials, self.partner, self.tag = platform, env, credentials, partner, tag
+        self.collection = f"http://127.0.0.1:{env['COLLECTION_HTTP_PORT']}"
+        self.centre = CustomerCentre(
+            f"http://127.0.0.1:{env['CUSTOMERS_HTTP_PORT']}/soap/customers",
+            credentials["soap_client"],
+            credentials["soap_password"],
+        )
+        self.move_in = datetime.now(LOCAL).date() - timedelta(days=30)
+        self.readside = httpx.Client(
+            base_url=f"http://127.0.0.1:{env['READSIDE_HTTP_PORT']}",
+            headers={"Authorization": f"Bearer {credentials['readside_key']['key']}"},
+            timeout=5.0,
+        )
+        self.workorders = httpx.Client(
+            base_url=f"http://127.0.0.1:{env['WORKORDERS_HTTP_PORT']}",
+            headers={"Authorization": f"Bearer {credentials['workorders_key']['key']}"},
+            timeout=5.0,
+        )
+
+    def close(self) -> None:
+        self.centre.close()
+        self.readside.close()
+        self.workorders.close()
+
+    def raise_tamper(self, meterpoint_id: str) -> None:
+        alarm = {
+            "meterpoint_id": meterpoint_id,
+            "alarm": "tamper",
+            "raised_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
+        }
+        assert (
+            post(self.collection, self.credentials["collection_key"]["key"], "/v1/meter-events", [alarm])["accepted"]
+            == 1
+        )
+
+    def order(self, meterpoint_id: str) -> dict[str, Any] | None:
+        items: list[dict[str, Any]] = self.workorders.get(
+            "/v1/work-orders", params={"meterpoint_id": meterpoint_id}
+        ).json()["items"]
+        return items[0] if items else None
+
+    def readings_over_every_channel_give_the_exact_consumption_and_an_enriched_order(self) -> None:
+        meterpoint = new_meterpoint()
+        name = f"Karen Blixen {self.tag}"
+        customer = self.centre.register_and_link(name, meterpoint, self.move_in)
+
+        # Yesterday 10:00-11:00 UTC: four quarter hours, each sent over one channel; the first also over REST.
+        yesterday = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+        hour = yesterday + timedelta(hours=10)
+        values = [Decimal("0.125"), Decimal("0.250"), Decimal("0.375"), Decimal("0.500")]
+        ends = interval_ends(hour + timedelta(minutes=15), 4)
+        readings = [reading(meterpoint, end, value) for end, value in zip(ends, values, strict=True)]
+        password = add_device(meterpoint)
+        self.platform.devices.append(meterpoint)
+        publish_over_mqtt(meterpoint, password, StackConfig().mqtt_port, readings[:2])
+        answer = post(
+            self.collection, self.credentials["collection_key"]["key"], "/v1/readings", [readings[2], readings[0]]
+        )
+        assert answer["accepted"] == 2, answer
+        login, secret = self.partner
+        receipt = asyncio.run(
+            upload_over_ftp(int(self.env["COLLECTION_FTP__PORT"]), login, secret, f"{meterpoint}.csv", readings[3:])
+        )
+        assert (receipt["accepted"], receipt["rejected"]) == (1, 0), receipt
+        self.raise_tamper(meterpoint)
+
+        expected = sum(values)  # 1.250 kWh: the reading sent twice counts once
+        hourly = self.platform.wait_for(
+            lambda: (
+                (c := self.consumption(meterpoint, hour, hour + timedelta(hours=1), "hour"))
+                and Decimal(c["total"]) == expected
+                and c
+            ),
+            FLOW_SECONDS,
+            f"{expected} kWh in the hour on the read side",
+        )
+        assert [(p["start"], Decimal(p["energy"]), p["readings"]) for p in hourly["points"]] == [
+            (f"{hour:%Y-%m-%dT%H:%M:%SZ}", expected, 4)
+        ]
+        day = hour.astimezone(LOCAL).date()
+        daily = self.consumption(meterpoint, day, day + timedelta(days=1), "day")
+        assert daily is not None
+        assert Decimal(daily["total"]) == expected
+
+        overview = self.platform.wait_for(
+            lambda: (o := self.overview(meterpoint)) and o["open_work_orders"] and o,
+            FLOW_SECONDS,
+            "the inspection order of the test's tamper alarm on the read side",
+        )
+        assert overview["customer"]["customer_id"] == customer
+        assert overview["customer"]["name"] == name
+        [inspection] = overview["open_work_orders"]
+        assert (inspection["type"], inspection["customer_id"], inspection["customer_name"]) == (
+            "inspect_meter",
+            customer,
+            name,
+        )
+        order = self.platform.wait_for(
+            lambda: (o := self.order(meterpoint)) and o["customer"]["status"] == "known" and o,
+            FLOW_SECONDS,
+            "the order enriched over SOAP",
+        )
+        assert order["customer"]["name"] == name
+
+    def an_alarm_while_customers_is_stopped_opens_an_order_enriched_after_it_returns(self) -> None:
+        meterpoint = new_meterpoint()
+        name = f"Niels Bohr {self.tag}"
+        customer = self.centre.register_and_link(name, meterpoint, self.move_in)
+        pid = self.platform.json("run.json")["customers"]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        self.platform.stopped.append(pid)
+        self.raise_tamper(meterpoint)
+        pending = self.platform.wait_for(
+            lambda: self.order(meterpoint), FLOW_SECONDS, "an inspection order while customers is stopped"
+        )
+        assert pending["type"] == "inspect_meter"
+        assert pending["customer"]["status"] == "pending", pending
+
+        resume(self.platform)
+        order = self.platform.wait_for(
+            lambda: (o := self.order(meterpoint)) and o["customer"]["status"] == "known" and o,
+            FLOW_SECONDS,
+            "the order enriched after customers returned",
+        )
+        assert (order["work_order_id"], order["customer"]["customer_id"]) == (pending["work_order_id"], customer)
+        assert order["customer"]["name"] == name
+        inspection = self.platform.wait_for(
+            lambda: (o := self.overview(meterpoint)) and o["open_work_orders"],
+            FLOW_SECONDS,
+            "the order on the read side",
+        )
+        assert [(i["work_order_id"], i["customer_name"]) for i in inspection] == [(order["work_order_id"], name)]
+
+    def consumption(self, meterpoint_id: str, start: Any, end: Any, resolution: str) -> dict[str, Any] | None:
+        params = {"from": start.isoformat(), "to": end.isoformat(), "resolution": resolution}
+        answer = self.readside.get(f"/v1/meterpoints/{meterpoint_id}/consumption", params=params)
+        body: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
+        return body
+
+    def overview(self, meterpoint_id: str) -> dict[str, Any] | None:
+        answer = self.readside.get(f"/v1/meterpoints/{meterpoint_id}")
+        body: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
+        return body
+
+
+def add_device(meterpoint_id: str) -> str:
+    from services.collection.devices import add_device as add
+
+    return add(meterpoint_id)
+
+
+@contextmanager
+def own_ftp_partner(env: dict[str, str], tag: str) -> Iterator[tuple[str, str]]:
+    """An FTP partner of the test's own (the simulator's partner collects and deletes its receipts)."""
+    login, password = f"e2e-{tag}", secrets.token_urlsafe(18)
+    tool = [sys.executable, "-m", "services.collection.ftpusers"]
+    added = subprocess.run([*tool, "add", login, "--password", password], env=env, capture_output=True, timeout=60)
+    assert added.returncode == 0, added.stdout + added.stderr
+    try:
+        yield login, password
+    finally:
+        subprocess.run([*tool, "disable", login], env=env, capture_output=True, timeout=60, check=False)
+
+
+def resume(platform: Platform) -> None:
+    """SIGCONT every process the test stopped."""
+    while platform.stopped:
+        pid = platform.stopped.pop()
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)
 
 
 def _alive(pid: int) -> bool:
@@ -185,11 +398,13 @@ def _alive(pid: int) -> bool:
 
 def _forget_identities(platform: Platform) -> None:
     """Remove the run's devices, disable its FTP partner and revoke its keys: nothing of it stays usable."""
+    from services.collection.devices import remove_device
+
+    for meterpoint in platform.devices:
+        remove_device(meterpoint)
     credentials = platform.json("credentials.json")
     if not credentials:
         return
-    from services.collection.devices import remove_device
-
     for meterpoint in credentials["devices"]:
         remove_device(meterpoint)
     asyncio.run(_revoke(credentials))
