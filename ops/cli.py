@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from enum import StrEnum
 from typing import Annotated
@@ -23,6 +24,7 @@ from ops.dlq import replay_dlq, replay_group
 from ops.health import breakers as scrape_breakers
 from ops.health import readiness
 from ops.lag import consumer_lag, kafka_bootstrap
+from stack.config import StackConfig
 
 app = typer.Typer(
     name="gridhub",
@@ -41,6 +43,15 @@ app.add_typer(dlq_app, name="dlq")
 
 console = Console()
 errors = Console(stderr=True)
+
+
+@app.callback()
+def _settings_of_the_stack() -> None:
+    """Default every service setting the environment leaves unset to the local stack's, as `make run` does.
+
+    So ``GRIDHUB_PG_PORT`` and friends move the tool with the stack; a deployment's own settings always win.
+    """
+    os.environ.update(services.service_environment(StackConfig(), os.environ))
 
 
 class KeyService(StrEnum):

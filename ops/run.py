@@ -46,6 +46,7 @@ from ops.services import (
     Service,
     ftp_enabled,
     ftp_port,
+    service_environment,
     soap_url,
 )
 from ops.simulator import SimulatorSettings, run_dir
@@ -126,21 +127,6 @@ async def spawn(name: str, args: Sequence[str], env: Mapping[str, str], log: Pat
             preexec_fn=_stop_with_parent,
         )
     return Child(name, process, log, time.monotonic())
-
-
-def service_environment(config: StackConfig, base: Mapping[str, str]) -> dict[str, str]:
-    """The services' dev settings: the stack's Kafka, databases and broker, unless the environment says otherwise."""
-    env = dict(base)
-    defaults = {
-        "GRIDHUB_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-        "COLLECTION_MQTT__PORT": str(config.mqtt_port),
-        "WORKORDERS_CUSTOMERS_SOAP_URL": soap_url(env),
-        "PYTHONUNBUFFERED": "1",
-        **{f"{s.env_prefix}POSTGRES_DSN": config.postgres_dsn(s.name) for s in SERVICES},
-    }
-    for name, value in defaults.items():
-        env.setdefault(name, value)
-    return env
 
 
 async def wait_ready(child: Child, service: Service, env: Mapping[str, str], timeout: float) -> None:
