@@ -1,11 +1,15 @@
 """Run every benchmark (`make bench`), each in a process of its own, and write bench/results/README.md.
 
-    uv run python -m bench                     # default scale, about 10 minutes on 2 cores; reports in bench/results/
-    uv run python -m bench --quick             # every benchmark as a smoke test; writes nothing unless --out
+    uv run python -m bench                     # scale 1: about 10 minutes on 2 cores; reports in bench/results/
+    uv run python -m bench --scale 3           # a larger run: durations and volumes x3, roughly three times as long
+    GRIDHUB_BENCH_SCALE=3 uv run python -m bench   # the same (--scale wins over the environment)
+    uv run python -m bench --quick             # every benchmark as a smoke test (no scale); writes nothing unless --out
     uv run python -m bench --only demo --only domino
 
-Prints the machine first, then each benchmark's report (its parameters, absolute figures and ratios), then the
-headline figures, which also go into the README of the results folder with links to every report and plot.
+Each benchmark gets the scale as ``--scale`` and says in its report what it multiplies (readings, seconds per phase,
+overload seconds...); rates stay as they are. Prints the machine first, then each benchmark's report (its parameters,
+absolute figures and ratios), then the headline figures, which also go into the README of the results folder with
+links to every report and plot (and the scale, when it is not 1).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, machine
+from bench.common import RESULTS, SCALE_ENV, add_scale_option, machine, scale_of
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ BENCHMARKS = (
     ),
     Benchmark(
         "pipeline",
-        "REST -> Kafka -> read side: sustainable rate, latency at 25/50/80 %, 10x overload for 60 s",
+        "REST -> Kafka -> read side: sustainable rate, latency at 25/50/80 %, 10x overload (60 s at scale 1)",
         "pipeline.md",
         ("pipeline.png",),
     ),
@@ -74,20 +79,30 @@ def available(benchmark: Benchmark) -> bool:
     return importlib.util.find_spec(f"bench.{benchmark.name}") is not None
 
 
-def run(benchmark: Benchmark, quick: bool, out: Path | None) -> Outcome:
+def child_command(benchmark: Benchmark, quick: bool, out: Path | None, scale: float) -> list[str]:
+    """The child's command line: ``python -m bench.<name>`` with this run's options."""
+    line = [sys.executable, "-m", f"bench.{benchmark.name}"]
+    if quick:
+        line.append("--quick")
+    else:
+        line += ["--scale", repr(scale)]
+    if out is not None:
+        # The older benchmarks take the report's file, the newer ones a folder for report and plots.
+        line += ["--out", str(out / benchmark.report if not benchmark.plots else out)]
+    return line
+
+
+def run(benchmark: Benchmark, quick: bool, out: Path | None, scale: float) -> Outcome:
     """``python -m bench.<name>``, its output passed through."""
     if not available(benchmark):
         print(f"\n## {benchmark.name}: not in this checkout, skipped\n", flush=True)
         return Outcome(benchmark, None, 0.0)
-    command = [sys.executable, "-m", f"bench.{benchmark.name}"]
-    if quick:
-        command.append("--quick")
-    if out is not None:
-        # The older benchmarks take the report's file, the newer ones a folder for report and plots.
-        command += ["--out", str(out / benchmark.report if not benchmark.plots else out)]
+    command = child_command(benchmark, quick, out, scale)
     print(f"\n{'=' * 100}\n$ {' '.join(command[1:])}\n", flush=True)
     started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, check=False)
+    # The scale goes on the command line only: with --quick the child is not told it again (nor warns again).
+    environment = {name: value for name, value in os.environ.items() if name != SCALE_ENV}
+    result = subprocess.run(command, cwd=ROOT, env=environment, check=False)
     return Outcome(benchmark, result.returncode, time.monotonic() - started)
 
 
@@ -218,15 +233,25 @@ def _run_line(text: str) -> str:
     return match[1] if match else "?"
 
 
-def readme(folder: Path, outcomes: list[Outcome], quick: bool, total: float) -> str:
+def readme(folder: Path, outcomes: list[Outcome], quick: bool, total: float, scale: float = 1.0) -> str:
     info = machine()
+    option = " --quick" if quick else "" if scale == 1 else f" --scale {scale:g}"
     lines = [
         "# Benchmark results" + (" (quick smoke run: not measurements)" if quick else ""),
         "",
-        f"Collected {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m bench{' --quick' if quick else ''}` "
+        f"Collected {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m bench{option}` "
         f"({total:.0f} s) on {info['cores']} cores ({info['cpu']}), {info['memory']}, {info['os']}, "
         f"Python {info['python']}. Kafka, PostgreSQL and the benchmarks share the machine; judge by the ratios.",
         "",
+    ]
+    if scale != 1 and not quick:
+        lines += [
+            f"**Scale {scale:g}**: the benchmarks run this time ran their durations and volumes x{scale:g} of the "
+            "default run, rates unchanged; each report's parameters say what its scale multiplies (reports of an "
+            "earlier run state their own).",
+            "",
+        ]
+    lines += [
         "| benchmark | measures | run (UTC) | headline | report | plots | took |",
         "|---|---|---|---|---|---|---:|",
     ]
@@ -257,19 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every benchmark as a smoke test, not a measurement")
     parser.add_argument("--only", choices=sorted(BY_NAME), action="append", help="run only these (repeatable)")
     parser.add_argument("--out", type=Path, help=f"folder for reports, plots and README.md (default: {RESULTS})")
+    add_scale_option(parser, "every benchmark's durations and volumes")
     args = parser.parse_args(argv)
+    scale = scale_of(parser, args)
     selected = [BY_NAME[name] for name in args.only] if args.only else list(BENCHMARKS)
     info = machine()
     print(f"Machine: {info['cores']} cores, {info['cpu']}, {info['memory']}, {info['os']}, Python {info['python']}")
-    print("Benchmarks: " + ", ".join(b.name for b in selected) + (" (quick)" if args.quick else ""), flush=True)
+    mode = " (quick)" if args.quick else f" (scale {scale:g})"
+    print("Benchmarks: " + ", ".join(b.name for b in selected) + mode, flush=True)
     started = time.monotonic()
-    ran = {benchmark.name: run(benchmark, args.quick, args.out) for benchmark in selected}
+    ran = {benchmark.name: run(benchmark, args.quick, args.out, scale) for benchmark in selected}
     outcomes = [ran.get(benchmark.name) or Outcome(benchmark, None) for benchmark in BENCHMARKS]
     total = time.monotonic() - started
     folder = args.out or (None if args.quick else RESULTS)
     print(f"\n{'=' * 100}\nAll benchmarks took {total:.0f} s.")
     if folder is not None:
-        text = readme(folder, outcomes, args.quick, total)
+        text = readme(folder, outcomes, args.quick, total, scale)
         (folder / "README.md").write_text(text)
         print(text)
         print(f"written to {folder / 'README.md'}")

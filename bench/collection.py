@@ -2,6 +2,7 @@
 producer sending the same readings; and the service's memory while it is offered ten times what it sustains.
 
     uv run python -m bench.collection            # about three minutes; writes bench/results/collection.md
+    uv run python -m bench.collection --scale 3  # 3x the readings per round, MQTT messages and overload seconds
     uv run python -m bench.collection --quick    # under a minute, a smoke test; writes nothing unless --out
 
 Needs the local stack (``make stack-up``). All in one run, on the same machine and the same topic
@@ -42,7 +43,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +52,7 @@ from typing import Any
 import httpx
 import orjson
 
+from bench.common import add_scale_option, scale_line, scale_of, scaled_count
 from libs.events.gsrn import with_check_digit
 from libs.events.records import KafkaRecord
 from libs.platform.kafka import start_producer
@@ -76,8 +78,21 @@ class Params:
     overload_seconds: float
     overload_factor: float
     overload_processes: int
+    scale: float = 1.0
+
+    def scaled(self, factor: float) -> Params:
+        """``factor`` times the readings per REST round (whole batches), the messages per MQTT publisher and the
+        overload's seconds; batch and message sizes, requests in flight, processes, rounds and the 10x stay."""
+        return replace(
+            self,
+            rest_readings=scaled_count(self.rest_readings, factor, multiple=self.batch),
+            mqtt_messages=scaled_count(self.mqtt_messages, factor),
+            overload_seconds=self.overload_seconds * factor,
+            scale=factor,
+        )
 
 
+SCALES = "readings per REST round, messages per MQTT publisher and the overload's seconds"
 FULL = Params(
     rest_readings=200_000,
     batch=1000,
@@ -634,7 +649,7 @@ def _k(value: float) -> str:
     return f"{value / 1000:,.1f}k"
 
 
-def report(results: Results, command: str) -> str:
+def report(results: Results, command: str, quick: bool = False) -> str:
     p = results.params
     rest, base_rest = statistics.median(results.rest), statistics.median(results.baseline_rest)
     mqtt, base_mqtt = statistics.median(results.mqtt), statistics.median(results.baseline_mqtt)
@@ -667,6 +682,7 @@ def report(results: Results, command: str) -> str:
         f" {p.overload_seconds:g} s by {p.overload_processes} client processes (at most 512 requests open each)",
         "- the service: `python -m services.collection` (uvicorn, 1 worker), quotas raised out of the way, bulkhead 8"
         " in flight (wait 0.5 s, 64 waiting), 4 MiB bodies, FTP off",
+        scale_line(p.scale, quick, SCALES),
         "",
         "## Throughput into Kafka (readings/s, median of rounds)",
         "",
@@ -784,14 +800,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.collection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per part, a smoke test")
     parser.add_argument("--out", type=Path, help=f"write the report here (default without --quick: {RESULTS})")
+    add_scale_option(parser, SCALES)
     args = parser.parse_args(argv)
-    params = QUICK if args.quick else FULL
+    scale = scale_of(parser, args)
+    params = QUICK if args.quick else FULL.scaled(scale)
     out = args.out or (None if args.quick else RESULTS)
     stack = StackConfig()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-collection-{os.getpid()}.log"
     results = asyncio.run(run(params, stack, log))
-    command = "python -m bench.collection" + (" --quick" if args.quick else "")
-    text = report(results, command)
+    command = "python -m bench.collection" + (" --quick" if args.quick else "" if scale == 1 else f" --scale {scale:g}")
+    text = report(results, command, args.quick)
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

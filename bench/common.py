@@ -1,16 +1,18 @@
-"""Helpers shared by the demo, domino and aggregator benchmarks: the machine, RSS, an in-process uvicorn, percentiles,
-rates from cumulative counters, and matplotlib on the Agg backend."""
+"""Helpers shared by the benchmarks and the aggregator: the run's scale (``--scale`` / ``GRIDHUB_BENCH_SCALE``), the
+machine, RSS, an in-process uvicorn, percentiles, rates from cumulative counters, and matplotlib on the Agg backend."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,64 @@ from starlette.types import ASGIApp
 
 RESULTS = Path(__file__).parent / "results"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+SCALE_ENV = "GRIDHUB_BENCH_SCALE"
+
+
+# --- the scale of a run -----------------------------------------------------------------------------------------------
+
+
+def parse_scale(text: str) -> float:
+    """``text`` as a scale factor: a finite number above 0, else `argparse.ArgumentTypeError` saying why."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scale must be a number above 0, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"scale must be a finite number above 0, not {text!r}")
+    return value
+
+
+def add_scale_option(parser: argparse.ArgumentParser, scales: str) -> None:
+    """``--scale FACTOR``; ``scales`` says what the factor multiplies in this benchmark."""
+    parser.add_argument(
+        "--scale",
+        type=parse_scale,
+        metavar="FACTOR",
+        help=f"multiply {scales} by FACTOR (> 0; default: ${SCALE_ENV}, else 1); rates stay; --quick ignores it",
+    )
+
+
+def scale_of(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> float:
+    """The run's scale: ``--scale``, else ``$GRIDHUB_BENCH_SCALE``, else 1; 1 under ``--quick`` (a smoke test stays
+    tiny). A bad value in the environment is a usage error, as a bad option is."""
+    scale: float | None = args.scale
+    if scale is None:
+        text = (os.environ if environ is None else environ).get(SCALE_ENV, "").strip()
+        try:
+            scale = parse_scale(text) if text else 1.0
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"{SCALE_ENV}: {error}")
+    if getattr(args, "quick", False):
+        if scale != 1:
+            emit(f"--quick ignores the scale ({scale:g}): a smoke test stays tiny")
+        return 1.0
+    return scale
+
+
+def scaled_count(value: int, factor: float, *, multiple: int = 1) -> int:
+    """``value`` times ``factor``, rounded to a ``multiple`` (at least one ``multiple``)."""
+    return max(multiple, round(value * factor / multiple) * multiple)
+
+
+def scale_line(scale: float, quick: bool, scales: str) -> str:
+    """The report's parameter line for the scale."""
+    if quick:
+        return "- scale: does not apply to --quick"
+    if scale == 1:
+        return f"- scale: 1, the default (`--scale` multiplies {scales})"
+    return f"- scale: {scale:g} ({scales} x{scale:g} of the default run; rates unchanged)"
 
 
 def machine() -> dict[str, str]:

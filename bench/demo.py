@@ -2,6 +2,7 @@
 a fast and a slow consumer, in four scenarios, with plots.
 
     uv run python -m bench.demo            # about 2 minutes; writes bench/results/demo.md, demo.png, demo-[a-d].png
+    uv run python -m bench.demo --scale 5  # the producer runs 5x as long in every scenario (rates unchanged)
     uv run python -m bench.demo --quick    # a few seconds, a smoke test; writes nothing unless --out
 
 The talk (Reactive Patterns and Distributed Systems, OUGN 2018) showed with Akka Streams a fast producer with
@@ -28,7 +29,8 @@ slow one, (d) ``OverflowStrategy.backpressure``. Here:
 Every reading carries its sequence number in its value (value = n / 1000 kWh), and the ingress answers each item
 with its reading id; both consumers record the reading ids they handled, so the run reconciles by reading id what
 the ingress acknowledged against what each consumer handled, dropped or still held at the end.
-Each scenario runs in a process of its own at the default scale (so memory figures do not leak between them).
+Each scenario runs in a process of its own (so memory figures do not leak between them), except with ``--quick`` or
+``--in-process``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -55,7 +57,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import RESULTS, emit, machine_line, pyplot, rates, rss_mib
+from bench.common import RESULTS, add_scale_option, emit, machine_line, pyplot, rates, rss_mib, scale_line, scale_of
 from bench.ingress import PARTITIONS, Ingress, LagAdmission, running_ingress
 from libs.events.gsrn import with_check_digit
 from libs.flowcontrol.buffer import BoundedBuffer, OverflowStrategy
@@ -85,10 +87,19 @@ class Params:
     meterpoints: int
     sample_every: float  # seconds between samples
     drain_seconds: float  # after the producer stopped: how long consumers may take to catch up
+    scale: float = 1.0
 
     @property
     def table_size(self) -> int:
         return int(self.rate * self.seconds * 1.5) + 10 * self.batch
+
+    def scaled(self, factor: float) -> Params:
+        """The producer runs ``factor`` times as long, so each scenario offers ``factor`` times the readings (and (b)
+        holds that many more in memory); rates, buffers, lag thresholds and the drain limit stay."""
+        return replace(self, seconds=self.seconds * factor, scale=factor)
+
+
+SCALES = "the producer's seconds and with them the readings offered per scenario"
 
 
 FULL = Params(
@@ -639,6 +650,7 @@ def report(outcomes: list[Outcome], params: Params, plots: list[Path], quick: bo
         f"{params.capacity:,} readings",
         f"- (d) lag-aware admission: the slow group's committed lag (read every 0.5 s) scales the ingress quota from "
         f"1 at {params.lag_low:,} readings down to {params.min_scale:g} at {params.lag_high:,}",
+        scale_line(params.scale, quick, SCALES),
         "",
         "## Results",
         "",
@@ -706,12 +718,13 @@ def headline(outcomes: list[Outcome]) -> dict[str, Any]:
 # --- running ---------------------------------------------------------------------------------------------------------
 
 
-def _in_child(key: str, quick: bool) -> Outcome:
+def _in_child(key: str, quick: bool, scale: float) -> Outcome:
     """Run one scenario in a fresh process, so its memory is its own."""
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "outcome.json"
         command = [sys.executable, "-m", "bench.demo", "--scenario", key, "--json", str(target)]
-        subprocess.run([*command, *(["--quick"] if quick else [])], check=True, cwd=Path(__file__).parent.parent)
+        command += ["--quick"] if quick else ["--scale", repr(scale)]
+        subprocess.run(command, check=True, cwd=Path(__file__).parent.parent)
         data = json.loads(target.read_text())
     return Outcome(**data)
 
@@ -727,8 +740,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=sorted(BY_KEY), action="append", help="run only these (repeatable)")
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # child mode: one scenario, outcome as JSON
     parser.add_argument("--in-process", action="store_true", help="run every scenario in this process")
+    add_scale_option(parser, SCALES)
     args = parser.parse_args(argv)
-    params = QUICK if args.quick else FULL
+    scale = scale_of(parser, args)
+    params = QUICK if args.quick else FULL.scaled(scale)
     keys = args.scenario or [scenario.key for scenario in SCENARIOS]
     if args.json is not None:
         (outcome,) = asyncio.run(_run_all(params, keys[:1]))
@@ -741,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for key in keys:
             emit(f"demo: scenario {key} ...")
-            outcomes.append(_in_child(key, args.quick))
+            outcomes.append(_in_child(key, args.quick, scale))
     out_dir = args.out or (None if args.quick else RESULTS)
     plots: list[Path] = []
     if out_dir is not None:

@@ -1,6 +1,7 @@
 """The domino effect: a slow customers SOAP service behind the work orders service, flow control off against on.
 
     uv run python -m bench.domino            # about 2 minutes; writes bench/results/domino.md and domino.png
+    uv run python -m bench.domino --scale 4  # every phase (healthy, incident, healthy again) 4x as long
     uv run python -m bench.domino --quick    # a smoke test; writes nothing unless --out
 
 The work orders service (the real app, its own process, PostgreSQL in a schema of the run's own, consumers and relay
@@ -38,7 +39,7 @@ import uuid
 from base64 import b64decode
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,19 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bench.common import RESULTS, bound_socket, emit, machine_line, percentile, pyplot, rss_mib, serve
+from bench.common import (
+    RESULTS,
+    add_scale_option,
+    bound_socket,
+    emit,
+    machine_line,
+    percentile,
+    pyplot,
+    rss_mib,
+    scale_line,
+    scale_of,
+    serve,
+)
 from libs.events import with_check_digit
 from libs.events.customers import CustomerKind
 from libs.flowcontrol.breaker import BreakerState, WindowType
@@ -80,8 +93,22 @@ class Params:
     caller_timeout: float  # every caller gives up after this long
     sample_every: float
     settle: float  # after the load: at most this long for the enricher to fill in pending customers
+    scale: float = 1.0
+
+    def scaled(self, factor: float) -> Params:
+        """Every phase ``factor`` times as long (so ``factor`` times the calls); the settle limit grows with it but
+        never shrinks (more pending orders to fill in); rates, service times, workers and the callers' timeout stay."""
+        return replace(
+            self,
+            healthy=self.healthy * factor,
+            incident=self.incident * factor,
+            recovery=self.recovery * factor,
+            settle=self.settle * max(1.0, factor),
+            scale=factor,
+        )
 
 
+SCALES = "the seconds of each phase (healthy, incident, healthy again) and with them the calls"
 FULL = Params(
     healthy=4.0,
     incident=15.0,
@@ -652,6 +679,7 @@ def report(runs: list[Run], params: Params, plot_path: Path | None, quick: bool,
         "straight to the customers service",
         "- work orders: the real app in its own process (uvicorn), PostgreSQL, consumers and relay off, enricher every "
         "1 s; modes set only `WorkordersSettings.boundaries` (see the module docstring)",
+        scale_line(params.scale, quick, SCALES),
         "",
         "## During the incident",
         "",
@@ -739,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds per mode; a smoke test, not a measurement")
     parser.add_argument("--out", type=Path, help=f"folder for the report and plot (default: {RESULTS})")
     parser.add_argument("--mode", choices=MODES, action="append", help="run only these modes (repeatable)")
+    add_scale_option(parser, SCALES)
     parser.add_argument(
         "--serve-workorders", nargs=3, metavar=("MODE", "CUSTOMERS_URL", "SCHEMA"), help=argparse.SUPPRESS
     )
@@ -746,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_workorders:
         serve_workorders(*args.serve_workorders)
         return 0
-    params = QUICK if args.quick else FULL
+    scale = scale_of(parser, args)
+    params = QUICK if args.quick else FULL.scaled(scale)
     started = time.monotonic()
     runs = asyncio.run(run_all(params, args.mode or list(QUICK_MODES if args.quick else MODES)))
     out = args.out or (None if args.quick else RESULTS)

@@ -1,6 +1,7 @@
 """Flow-control overhead: µs per call of each policy, and a FastAPI endpoint with and without the middleware.
 
     uv run python -m bench.flowcontrol            # about a minute; writes bench/results/flowcontrol.md
+    uv run python -m bench.flowcontrol --scale 4  # calls, requests and seconds per round x4 (or GRIDHUB_BENCH_SCALE)
     uv run python -m bench.flowcontrol --quick    # a few seconds, a smoke test; writes nothing unless --out
 
 Three measurements, all in one run so their ratios compare like with like:
@@ -30,7 +31,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -44,6 +45,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message
 
+from bench.common import add_scale_option, scale_line, scale_of, scaled_count
 from libs.flowcontrol import (
     AdaptiveLimiter,
     BoundaryPolicy,
@@ -88,8 +90,22 @@ class Params:
     http_seconds: float
     http_rounds: int
     concurrency: int
+    scale: float = 1.0
+
+    def scaled(self, factor: float) -> Params:
+        """Each round ``factor`` times as long: calls per repeat, requests per round, seconds per HTTP round.
+        Repeats and rounds (the medians' samples) and the client's concurrency stay."""
+        return replace(
+            self,
+            policy_calls=scaled_count(self.policy_calls, factor),
+            asgi_requests=scaled_count(self.asgi_requests, factor),
+            http_requests=scaled_count(self.http_requests, factor),
+            http_seconds=self.http_seconds * factor,
+            scale=factor,
+        )
 
 
+SCALES = "calls per policy repeat, requests per round and seconds per HTTP round"
 QUICK = Params(2_000, 2, 200, 3, 200, 0.5, 2, 8)
 # 16 client tasks collapse httpx's pool here (p99 > 150 ms); 8 keep the client at its best.
 FULL = Params(30_000, 5, 3_000, 9, 20_000, 2.5, 5, 8)
@@ -514,12 +530,16 @@ def machine() -> dict[str, str]:
     }
 
 
+def _options(params: Params, quick: bool) -> str:
+    return " --quick" if quick else "" if params.scale == 1 else f" --scale {params.scale:g}"
+
+
 def report(params: Params, policies: list[PolicyResult], asgi: AsgiResult, http: HttpResult, quick: bool) -> str:
     """The results as Markdown."""
     lines = [
         "# Flow-control overhead",
         "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python -m bench.flowcontrol{' --quick' if quick else ''}`.",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python -m bench.flowcontrol{_options(params, quick)}`.",
         "",
         "## Machine",
         "",
@@ -531,6 +551,7 @@ def report(params: Params, policies: list[PolicyResult], asgi: AsgiResult, http:
         f"- in process: {params.asgi_requests} requests per round, {params.asgi_rounds} interleaved rounds per variant",
         f"- over the wire: up to {params.http_requests} requests or {params.http_seconds:g} s per round, "
         f"{params.http_rounds} interleaved rounds per variant, {params.concurrency} concurrent client tasks",
+        scale_line(params.scale, quick, SCALES),
         "- guarded = `FlowControlMiddleware` with quota (never refusing), bulkhead 1024, body limit 1 MiB, "
         "RateLimit headers and Prometheus metrics",
         "",
@@ -582,12 +603,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.flowcontrol", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds; a smoke test, not a measurement")
     parser.add_argument("--out", type=Path, help=f"where to write the Markdown report (default: {RESULTS})")
+    add_scale_option(parser, SCALES)
     parser.add_argument("--serve", choices=("plain", "guarded"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve)
         return 0
-    params = QUICK if args.quick else FULL
+    scale = scale_of(parser, args)
+    params = QUICK if args.quick else FULL.scaled(scale)
     text = asyncio.run(run(params, args.quick))
     print(text)
     out = args.out or (None if args.quick else RESULTS)

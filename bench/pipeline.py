@@ -1,8 +1,9 @@
 """Overload and latency across the pipeline: REST ingress -> Kafka -> read side -> queryable.
 
     uv run python -m bench.pipeline                        # about 2.5 minutes; writes pipeline.md and pipeline.png
+    uv run python -m bench.pipeline --scale 5              # every phase 5x as long (the knob for larger runs)
+    uv run python -m bench.pipeline --overload-seconds 300 # only the overload longer (wins over the scale's)
     uv run python -m bench.pipeline --quick                # a smoke test; writes nothing unless --out
-    uv run python -m bench.pipeline --overload-seconds 300 # a longer overload (the knob for larger runs)
 
 The collection service's REST ingress (the real app in a process of its own, publishing to a topic of the run's own,
 see bench.ingress) and the read side (``python -m services.readside``, its own process, views in a schema of the
@@ -35,7 +36,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bench.common import RESULTS, emit, machine_line, pyplot, rates, rss_mib
+from bench.common import RESULTS, add_scale_option, emit, machine_line, pyplot, rates, rss_mib, scale_line, scale_of
 from bench.ingress import PARTITIONS, Chunk, LagAdmission, running_ingress
 from bench.readside import Names
 from libs.events.gsrn import with_check_digit
@@ -74,8 +75,21 @@ class Params:
     overload_seconds: float
     recovery_max: float
     sample_every: float
+    scale: float = 1.0
+
+    def scaled(self, factor: float) -> Params:
+        """The capacity, each latency and the overload phase ``factor`` times as long; the batch, the senders, the
+        shares of S, the overload factor and the recovery limit stay (the rates are measured)."""
+        return replace(
+            self,
+            capacity_seconds=self.capacity_seconds * factor,
+            latency_seconds=self.latency_seconds * factor,
+            overload_seconds=self.overload_seconds * factor,
+            scale=factor,
+        )
 
 
+SCALES = "the seconds of the capacity, each latency and the overload phase"
 FULL = Params(
     batch=1_000,
     capacity_seconds=8.0,
@@ -773,6 +787,7 @@ def report(outcome: Outcome, plot_path: Path | None, quick: bool, took: float) -
         "(bulkhead 8, 0.5 s wait, 64 waiting) with its quota at 1.25x the sustainable rate and lag-aware admission "
         "on the read side's group (low = 1 s of it, high = 5 s; shipped admission defaults; lag read every 5 s); "
         f"then half the sustainable rate until recovered (at most {p.recovery_max:g} s)",
+        scale_line(p.scale, quick, SCALES),
         "",
         "## Sustainable rate",
         "",
@@ -837,15 +852,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seconds per phase; a smoke test, not a measurement")
     parser.add_argument("--out", type=Path, help=f"folder for the report and plot (default: {RESULTS})")
-    parser.add_argument("--overload-seconds", type=float, help="how long the overload lasts (default 60)")
+    add_scale_option(parser, SCALES)
+    parser.add_argument(
+        "--overload-seconds", type=float, help="how long the overload lasts (default 60 x the scale; wins over it)"
+    )
     parser.add_argument("--serve-ingress", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_ingress:
         asyncio.run(_serve_ingress(json.loads(args.serve_ingress)))
         return 0
-    params = QUICK if args.quick else FULL
+    scale = scale_of(parser, args)
+    params = QUICK if args.quick else FULL.scaled(scale)
     if args.overload_seconds:
-        params = Params(**{**params.__dict__, "overload_seconds": args.overload_seconds})
+        params = replace(params, overload_seconds=args.overload_seconds)
     started = time.monotonic()
     outcome = asyncio.run(run(params))
     out = args.out or (None if args.quick else RESULTS)

@@ -2,6 +2,7 @@
 latency at a stated load.
 
     uv run python -m bench.readside            # a minute or two; writes bench/results/readside.md
+    uv run python -m bench.readside --scale 5  # 5x the readings and meterpoints, 5x the latency phase
     uv run python -m bench.readside --quick    # a few seconds, a smoke test; writes nothing unless --out
 
 All in one run, on the same machine, the same topic and the same table definition:
@@ -29,7 +30,7 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -41,6 +42,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
+from bench.common import add_scale_option, scale_line, scale_of, scaled_count
 from libs.events import KafkaRecord, MeterReadingReceived, Quality, Register, Resolution, Unit, make_event, to_record
 from libs.events.gsrn import with_check_digit
 from libs.platform.kafka import start_producer
@@ -63,8 +65,23 @@ class Params:
     latency_seconds: float
     max_records: int
     rounds: int = 1
+    scale: float = 1.0
+
+    def scaled(self, factor: float) -> Params:
+        """A grid ``factor`` times as large over the same day (readings and meterpoints, 100 quarter hours each) and
+        a latency phase ``factor`` times as long; its rate, the batch size and the rounds stay."""
+        meterpoints = scaled_count(self.meterpoints, factor)
+        per_meterpoint = self.readings // self.meterpoints
+        return replace(
+            self,
+            readings=meterpoints * per_meterpoint,
+            meterpoints=meterpoints,
+            latency_seconds=self.latency_seconds * factor,
+            scale=factor,
+        )
 
 
+SCALES = "readings, meterpoints and the latency phase's seconds"
 FULL = Params(
     readings=200_000, meterpoints=2_000, latency_rate=2_000, latency_seconds=20.0, max_records=5_000, rounds=3
 )
@@ -341,6 +358,8 @@ async def run(params: Params, quick: bool) -> str:
         f"topic (produced in {produce_seconds:.1f} s); batches of up to {params.max_records:,} records; "
         f"{params.rounds} interleaved rounds, medians shown.",
         "",
+        scale_line(params.scale, quick, SCALES),
+        "",
         "## Readings materialized per second",
         "",
         "| path | seconds | readings/s |",
@@ -390,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readside", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds; a smoke test, not a measurement")
     parser.add_argument("--out", type=Path, help=f"where to write the Markdown report (default: {RESULTS})")
+    add_scale_option(parser, SCALES)
     args = parser.parse_args(argv)
-    params = QUICK if args.quick else FULL
+    scale = scale_of(parser, args)
+    params = QUICK if args.quick else FULL.scaled(scale)
     text = asyncio.run(run(params, args.quick))
     print(text)
     out = args.out or (None if args.quick else RESULTS)
