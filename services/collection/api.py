@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from libs.flowcontrol.errors import Refused
@@ -128,10 +129,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise _problem(413, f"the request body is larger than {limit} bytes", reason="body_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _problem(413, f"the request body is larger than {limit} bytes", reason="body_too_large")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _problem(413, f"the request body is larger than {limit} bytes", reason="body_too_large")
+    except ClientDisconnect:  # the client gave up (its timeout, a crash): an ordinary event, not a server error
+        detail = "the client disconnected before the body was complete"
+        raise _problem(400, detail, reason="client_disconnected") from None
     return bytes(body)
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from lxml import etree
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from libs.flowcontrol.errors import BulkheadFull, QuotaExceeded, Refused
@@ -224,11 +225,15 @@ class SoapEndpoint:
         chunks = []
         size = 0
         # Counted while streaming, so a chunked body (no Content-Length) is cut off at the limit too.
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large()
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large()
+                chunks.append(chunk)
+        except ClientDisconnect:  # the caller gave up (its timeout, a crash): ordinary, not a server error
+            detail = "the client disconnected before the request was complete"
+            raise invalid_xml("client_disconnected", detail) from None
         return b"".join(chunks)
 
     def _too_large(self) -> SoapFault:

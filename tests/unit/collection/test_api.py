@@ -13,12 +13,15 @@ import httpx
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.requests import Request
 
 from libs.events.records import KafkaRecord
 from libs.flowcontrol.errors import CallNotPermitted
 from libs.flowcontrol.policy import BoundaryPolicy, BulkheadSettings, QuotaSettings
 from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
+from libs.platform.problems import ProblemError
 from services.collection.adapters.kafka import PublishFailed
+from services.collection.api import read_body
 from services.collection.app import create_app
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 
@@ -250,3 +253,17 @@ async def test_openapi_document_describes_the_request_body(service: Service) -> 
     body = document["paths"]["/v1/readings"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ReadingBatch"}
     assert document["components"]["schemas"]["ReadingBatch"]["maxItems"] == 5
+
+
+async def test_a_client_that_disconnects_mid_body_gets_a_problem_not_a_server_error() -> None:
+    messages = iter([{"type": "http.request", "body": b'[{"meter', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    headers = [(b"content-type", b"application/json")]
+    request = Request({"type": "http", "method": "POST", "path": "/v1/readings", "headers": headers}, receive)
+    with pytest.raises(ProblemError) as raised:
+        await read_body(request, 4096)
+    assert raised.value.status_code == 400
+    assert raised.value.problem.model_dump()["reason"] == "client_disconnected"
