@@ -24,14 +24,10 @@ from collections.abc import Mapping
 
 from libs.flowcontrol.errors import QuotaExceeded
 from libs.flowcontrol.quota import Quota
+from libs.platform import passwords
+from libs.platform.passwords import hash_password, verify_password
 
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-_MAXMEM = 64 * 1024 * 1024
-_DKLEN = 32
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_HASH = re.compile(r"scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)")
 _MAX_REMEMBERED = 4  # per client: the current password and a few during a rotation
 _REALM = 'Basic realm="gridhub-customers", charset="UTF-8"'
 
@@ -48,46 +44,12 @@ class AuthenticationFailed(Exception):
     challenge = _REALM
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """``scrypt$n$r$p$salt$hash`` of ``password`` with a random 16-byte salt."""
-    salt = secrets.token_bytes(16) if salt is None else salt
-    digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=_MAXMEM, dklen=_DKLEN
-    )
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
-
-
 def check_hash_format(encoded: str) -> str:
     """Return ``encoded`` when it is a hash `verify_password` can use; ValueError otherwise."""
-    match = _HASH.fullmatch(encoded)
-    if match is None:
-        raise ValueError("a client credential must be 'scrypt$n$r$p$salt$hash' (python -m services.customers.auth)")
-    n, r, p = (int(group) for group in match.groups()[:3])
-    if n < 2**14 or n & (n - 1) or r < 8 or p < 1 or 128 * r * n * p > _MAXMEM // 2:
-        raise ValueError("scrypt parameters must be n >= 2**14 (a power of two), r >= 8, p >= 1 and fit 32 MiB")
-    return encoded
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Check ``password`` against a `hash_password` string in constant time (slow by design)."""
-    match = _HASH.fullmatch(encoded)
-    if match is None:
-        return False
-    n, r, p = (int(group) for group in match.groups()[:3])
     try:
-        salt, expected = _unb64(match.group(4)), _unb64(match.group(5))
-    except (binascii.Error, ValueError):
-        return False
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=len(expected))
-    return hmac.compare_digest(digest, expected)
+        return passwords.check_hash_format(encoded)
+    except ValueError as error:
+        raise ValueError(f"{error} (make one with python -m services.customers.auth)") from None
 
 
 def parse_basic(authorization: str | None) -> tuple[str, str] | None:
