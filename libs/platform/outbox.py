@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from libs.platform.db import Connection
 
@@ -112,12 +114,7 @@ class OutboxRelay:
 
     async def backlog(self) -> tuple[int, float]:
         """(unpublished rows, age in seconds of the oldest one) — the relay's lag."""
-        row = await self._pool.fetchrow(
-            "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
-            "FROM outbox WHERE published_at IS NULL"
-        )
-        assert row is not None
-        return int(row["n"]), float(row["age"])
+        return await outbox_backlog(self._pool)
 
     async def _purge(self) -> None:
         now = time.monotonic()
@@ -171,6 +168,70 @@ class OutboxRelay:
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
+
+
+async def outbox_backlog(pool: asyncpg.Pool[Any]) -> tuple[int, float]:
+    """(unpublished rows, age in seconds of the oldest one; 0 when none) of the pool's outbox."""
+    row = await pool.fetchrow(
+        "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
+        "FROM outbox WHERE published_at IS NULL"
+    )
+    assert row is not None
+    return int(row["n"]), float(row["age"])
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, OutboxMetrics] = weakref.WeakKeyDictionary()
+
+
+class OutboxMetrics:
+    """The outbox backlog as gauges: the alert for "committed but not in Kafka" (Kafka down, or no relay runs)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.unpublished = Gauge(
+            "gridhub_outbox_unpublished_events",
+            "Events committed to the outbox and not yet acknowledged by Kafka.",
+            registry=registry,
+        )
+        self.oldest_age = Gauge(
+            "gridhub_outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished outbox event (0 when none): how late the newest consumers are.",
+            registry=registry,
+        )
+        self.last_read = Gauge(
+            "gridhub_outbox_backlog_read_timestamp_seconds",
+            "When the backlog was last read from the database (unix time); stale while the database is unreachable.",
+            registry=registry,
+        )
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry | None = None) -> OutboxMetrics:
+        """The one `OutboxMetrics` of ``registry`` (default: the global one), created on first use."""
+        registry = REGISTRY if registry is None else registry
+        metrics = _METRICS.get(registry)
+        if metrics is None:
+            metrics = _METRICS[registry] = cls(registry)
+        return metrics
+
+
+async def watch_outbox_backlog(
+    pool: asyncpg.Pool[Any], metrics: OutboxMetrics, stop: asyncio.Event, *, interval: float = 5.0
+) -> None:
+    """Read the backlog every ``interval`` seconds into ``metrics`` until ``stop`` is set.
+
+    Independent of the relay and of Kafka, so the gauges keep rising exactly while Kafka is down; a failed read
+    (the database down) keeps the last values, and the read timestamp shows their age.
+    """
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(max(interval, 5.0)):
+                unpublished, age = await outbox_backlog(pool)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("outbox backlog: reading it failed: %s", type(error).__name__)
+        else:
+            metrics.unpublished.set(unpublished)
+            metrics.oldest_age.set(age)
+            metrics.last_read.set(time.time())
+        await _wait(stop, interval)
 
 
 async def _wait(stop: asyncio.Event, timeout: float, wake: asyncio.Event | None = None) -> bool:

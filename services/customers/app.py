@@ -19,7 +19,7 @@ from libs.platform.health import ReadinessRegistry, health_router
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.migrations import migrate
-from libs.platform.outbox import OUTBOX_COMPONENT, OUTBOX_MIGRATIONS
+from libs.platform.outbox import OUTBOX_COMPONENT, OUTBOX_MIGRATIONS, OutboxMetrics, watch_outbox_backlog
 from services.customers.adapters.postgres import COMPONENT, MIGRATIONS, PostgresCustomerStore
 from services.customers.adapters.relay import run_outbox_relay
 from services.customers.auth import ClientAuthenticator
@@ -78,6 +78,9 @@ def build_app(settings: CustomersSettings, *, registry: CollectorRegistry = REGI
             max_depth=settings.max_xml_depth,
         )
         stop = asyncio.Event()
+        backlog = asyncio.create_task(
+            watch_outbox_backlog(pool, OutboxMetrics.for_registry(registry), stop), name="outbox-backlog"
+        )
         relay: asyncio.Task[None] | None = None
         if settings.relay_enabled:
             relay = asyncio.create_task(
@@ -95,6 +98,7 @@ def build_app(settings: CustomersSettings, *, registry: CollectorRegistry = REGI
             yield
         finally:
             stop.set()
+            await backlog
             if relay is not None:
                 await relay
             await pool.close()

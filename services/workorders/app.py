@@ -40,7 +40,7 @@ from libs.platform.health import ReadinessRegistry, health_router, probe_check
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.migrations import migrate
-from libs.platform.outbox import OUTBOX_COMPONENT, OUTBOX_MIGRATIONS
+from libs.platform.outbox import OUTBOX_COMPONENT, OUTBOX_MIGRATIONS, OutboxMetrics, watch_outbox_backlog
 from libs.platform.problems import install_problem_handlers
 from services.workorders import api
 from services.workorders.adapters.apikeys import GuardedKeyStore, KeyStoreSlot, LenientKeyStore
@@ -264,6 +264,8 @@ def _start_tasks(
                 batch_size=settings.relay_batch_size,
             ),
         )
+    outbox_metrics = OutboxMetrics.for_registry(parts.registry)
+    start("outbox-backlog", lambda: watch_outbox_backlog(pool, outbox_metrics, stop))
     if settings.consumers_enabled:
         start(
             "consumers",

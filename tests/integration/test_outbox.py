@@ -13,10 +13,18 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
 
 from libs.platform.db import create_pool
 from libs.platform.migrations import migrate
-from libs.platform.outbox import OUTBOX_COMPONENT, OUTBOX_MIGRATIONS, OutboxRecord, add_to_outbox
+from libs.platform.outbox import (
+    OUTBOX_COMPONENT,
+    OUTBOX_MIGRATIONS,
+    OutboxMetrics,
+    OutboxRecord,
+    add_to_outbox,
+    watch_outbox_backlog,
+)
 from stack.config import REPO
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -208,3 +216,43 @@ async def test_one_leader_per_outbox_table(pg_dsn: str, kafka_bootstrap: str) ->
         for schema in schemas:
             await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await admin.close()
+
+
+async def test_the_backlog_gauges_follow_unpublished_events_without_kafka(pg_dsn: str, pg_schema: str) -> None:
+    """No relay and no Kafka: the gauges show the committed events waiting, then nothing once they went out."""
+    registry = CollectorRegistry()
+    metrics = OutboxMetrics.for_registry(registry)
+    assert OutboxMetrics.for_registry(registry) is metrics
+    pool = await create_pool(pg_dsn, schema=pg_schema, max_size=2)
+    stop = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, OUTBOX_COMPONENT, OUTBOX_MIGRATIONS)
+            async with conn.transaction():
+                await add_to_outbox(conn, [OutboxRecord("customers.v1", b"k", b"v%d" % n) for n in range(3)])
+            await conn.execute("UPDATE outbox SET created_at = now() - interval '90 seconds'")
+        watcher = asyncio.create_task(watch_outbox_backlog(pool, metrics, stop, interval=0.1))
+
+        def sample(name: str) -> float | None:
+            return registry.get_sample_value(name)
+
+        async def waiting() -> bool:
+            age = sample("gridhub_outbox_oldest_unpublished_age_seconds") or 0.0
+            return sample("gridhub_outbox_unpublished_events") == 3 and 90 <= age < 120
+
+        await wait_for(waiting, 10, "three events of 90 s in the gauges")
+        assert (sample("gridhub_outbox_backlog_read_timestamp_seconds") or 0) > 0
+
+        await pool.execute("UPDATE outbox SET published_at = now()")
+
+        async def drained() -> bool:
+            unpublished = sample("gridhub_outbox_unpublished_events")
+            return unpublished == 0 and sample("gridhub_outbox_oldest_unpublished_age_seconds") == 0
+
+        await wait_for(drained, 10, "an empty backlog in the gauges")
+    finally:
+        stop.set()
+        if watcher is not None:
+            await asyncio.wait_for(watcher, 5)
+        await pool.close()

@@ -245,3 +245,17 @@ async def test_lists_filter_and_page_with_a_cursor(api: Running) -> None:
     since = datetime.now(UTC) + timedelta(minutes=1)
     assert (await listing(created_from=since.isoformat()))["items"] == []
     assert len((await listing(created_to=since.isoformat()))["items"]) == 5
+
+
+async def test_metrics_show_the_events_waiting_in_the_outbox(api: Running) -> None:
+    """The relay is off in these tests: what an order writes to the outbox waits there, and /metrics says so."""
+    assert (await create(api.client)).status_code == 201
+    deadline = asyncio.get_running_loop().time() + 15  # the backlog is read every 5 s
+    while True:
+        metrics = (await api.client.get("/metrics")).text
+        waiting = [line for line in metrics.splitlines() if line.startswith("gridhub_outbox_unpublished_events ")]
+        if waiting and float(waiting[0].split()[1]) >= 1:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"no outbox backlog in /metrics: {waiting}"
+        await asyncio.sleep(0.2)
+    assert "gridhub_outbox_oldest_unpublished_age_seconds " in metrics
