@@ -2,7 +2,9 @@
 
 Liveness says only that the process answers; a failing dependency must not get the pod restarted.
 Readiness runs the service's fixed set of checks (Kafka, PostgreSQL, ...) concurrently, each with its own
-timeout, and answers 503 with a problem body naming every failing check while any of them fails.
+timeout, and answers 503 with a problem body naming every failing check while any of them fails. A check made
+with ``critical=False`` is reported but never takes the service out of rotation: ``/readyz`` answers 200 with
+status ``degraded`` (e.g. the read side keeps serving its views, marked stale, while Kafka is down).
 """
 
 from __future__ import annotations
@@ -47,17 +49,23 @@ class ProbeCheck:
     name: str
     probe: Callable[[], Awaitable[object]]
     timeout: float = DEFAULT_TIMEOUT
+    critical: bool = True
 
     async def check(self) -> object:
         """Await the probe and pass its result on."""
         return await self.probe()
 
 
-def probe_check(name: str, probe: Callable[[], Awaitable[object]], *, timeout: float = DEFAULT_TIMEOUT) -> ProbeCheck:
-    """Build a readiness check from an async callable; it fails when the callable raises or returns False."""
+def probe_check(
+    name: str, probe: Callable[[], Awaitable[object]], *, timeout: float = DEFAULT_TIMEOUT, critical: bool = True
+) -> ProbeCheck:
+    """Build a readiness check from an async callable; it fails when the callable raises or returns False.
+
+    A failing non-critical check makes the service ``degraded``, not unready.
+    """
     if timeout <= 0:
         raise ValueError("timeout must be positive")
-    return ProbeCheck(name=name, probe=probe, timeout=timeout)
+    return ProbeCheck(name=name, probe=probe, timeout=timeout, critical=critical)
 
 
 def tcp_check(name: str, host: str, port: int, *, timeout: float = DEFAULT_TIMEOUT) -> ProbeCheck:
@@ -79,6 +87,7 @@ class CheckResult:
     ok: bool
     duration_ms: float
     error: str | None = None
+    critical: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,13 +98,18 @@ class ReadinessReport:
 
     @property
     def ready(self) -> bool:
-        """True when every check passed (and trivially when there are none)."""
-        return all(result.ok for result in self.results)
+        """True when every critical check passed (and trivially when there are none)."""
+        return all(result.ok for result in self.results if result.critical)
 
     @property
     def failing(self) -> tuple[CheckResult, ...]:
-        """The checks that failed."""
-        return tuple(result for result in self.results if not result.ok)
+        """The critical checks that failed."""
+        return tuple(result for result in self.results if not result.ok and result.critical)
+
+    @property
+    def degraded(self) -> tuple[CheckResult, ...]:
+        """The non-critical checks that failed: reported, but the service stays ready."""
+        return tuple(result for result in self.results if not result.ok and not result.critical)
 
 
 async def _run_one(check: ReadinessCheck) -> CheckResult:
@@ -111,7 +125,8 @@ async def _run_one(check: ReadinessCheck) -> CheckResult:
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_LENGTH]
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    return CheckResult(name=check.name, ok=error is None, duration_ms=duration_ms, error=error)
+    critical = bool(getattr(check, "critical", True))
+    return CheckResult(name=check.name, ok=error is None, duration_ms=duration_ms, error=error, critical=critical)
 
 
 class ReadinessRegistry:
@@ -153,16 +168,23 @@ class ReadinessRegistry:
         return ReadinessReport(results=tuple(results))
 
 
-def readiness_response(report: ReadinessReport) -> Response:
-    """200 with each check's result when ready; otherwise a 503 problem listing the failing checks."""
+def readiness_response(report: ReadinessReport, **details: object) -> Response:
+    """200 with each check's result when ready (status ``degraded`` when a non-critical check fails); otherwise a
+    503 problem listing the failing checks. ``details`` are added to either body."""
     checks = [
-        {"name": r.name, "ok": r.ok, "duration_ms": r.duration_ms, **({"error": r.error} if r.error else {})}
+        {
+            "name": r.name,
+            "ok": r.ok,
+            "duration_ms": r.duration_ms,
+            **({"error": r.error} if r.error else {}),
+            **({} if r.critical else {"critical": False}),
+        }
         for r in report.results
     ]
     if report.ready:
-        return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "degraded" if report.degraded else "ready", "checks": checks, **details})
     failing = ", ".join(result.name for result in report.failing)
-    problem = Problem.from_status(503, f"not ready: {failing}", checks=checks)
+    problem = Problem.from_status(503, f"not ready: {failing}", checks=checks, **details)
     return problem_response(problem)
 
 

@@ -59,6 +59,6 @@ async def check_kafka(producer: AIOKafkaProducer, timeout: float = 3.0) -> None:
         raise RuntimeError("Kafka returned no cluster metadata")
 
 
-def kafka_readiness(producer: AIOKafkaProducer, *, timeout: float = 3.0) -> ProbeCheck:
-    """The ``/readyz`` check of a service's Kafka connection."""
-    return probe_check("kafka", lambda: check_kafka(producer, timeout), timeout=timeout)
+def kafka_readiness(producer: AIOKafkaProducer, *, timeout: float = 3.0, critical: bool = True) -> ProbeCheck:
+    """The ``/readyz`` check of a service's Kafka connection (``critical=False``: degraded, still ready)."""
+    return probe_check("kafka", lambda: check_kafka(producer, timeout), timeout=timeout, critical=critical)

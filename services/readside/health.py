@@ -7,8 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from libs.platform.health import ReadinessRegistry
-from libs.platform.problems import Problem, problem_response
+from libs.platform.health import ReadinessRegistry, readiness_response
 from services.readside.metrics import LagTracker
 
 
@@ -48,14 +47,7 @@ def health_router() -> APIRouter:
         readiness: ReadinessRegistry = request.app.state.readiness
         lag: LagTracker | None = getattr(request.app.state, "lag", None)
         report = await readiness.run()
-        checks = [
-            {"name": r.name, "ok": r.ok, "duration_ms": r.duration_ms, **({"error": r.error} if r.error else {})}
-            for r in report.results
-        ]
         details = {"consumer": consumer_details(lag)} if lag is not None else {}
-        if report.ready:
-            return JSONResponse({"status": "ready", "checks": checks, **details})
-        failing = ", ".join(result.name for result in report.failing)
-        return problem_response(Problem.from_status(503, f"not ready: {failing}", checks=checks, **details))
+        return readiness_response(report, **details)
 
     return router

@@ -176,3 +176,25 @@ async def test_tcp_check_fails_against_a_closed_port() -> None:
     assert not report.ready
     assert report.failing[0].name == "kafka"
     assert report.failing[0].error is not None
+
+
+async def test_a_failing_non_critical_check_degrades_but_stays_ready() -> None:
+    checks = (probe_check("postgres", passes), probe_check("kafka", refuses, critical=False))
+    async with client(build_app(*checks)) as http:
+        response = await http.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert [(c["name"], c["ok"], c.get("critical", True)) for c in body["checks"]] == [
+        ("postgres", True, True),
+        ("kafka", False, False),
+    ]
+    assert body["checks"][1]["error"] == "ConnectionRefusedError: connect to 127.0.0.1:5432 refused"
+
+
+async def test_a_failing_critical_check_still_fails_beside_a_degraded_one() -> None:
+    checks = (probe_check("postgres", refuses), probe_check("kafka", refuses, critical=False))
+    async with client(build_app(*checks)) as http:
+        response = await http.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "not ready: postgres"
