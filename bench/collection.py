@@ -5,9 +5,10 @@ producer sending the same readings; and the service's memory while it is offered
     uv run python -m bench.collection --scale 3  # 3x the readings per round, MQTT messages and overload seconds
     uv run python -m bench.collection --quick    # under a minute, a smoke test; writes nothing unless --out
 
-Needs the local stack (``make stack-up``). All in one run, on the same machine and the same topic
-(``meter.readings.v1``), with the service as ``python -m services.collection`` runs it (uvicorn, one worker,
-MQTT ingress; FTP off) in its own process, quotas raised so that they do not limit:
+Needs the local stack (``make stack-up``). All in one run, on the same machine and the same topic (the run's
+own ``bench-<run>.meter.readings.v1``, created for the run and deleted after it, through the service's
+``COLLECTION_KAFKA_TOPIC_PREFIX``), with the service as ``python -m services.collection`` runs it (uvicorn, one
+worker, MQTT ingress; FTP off) in its own process, quotas raised so that they do not limit:
 
 1. baseline: a raw aiokafka producer with the service's producer settings (acks=all, idempotence, linger 5 ms,
    256 KiB batches) sending the records of the same readings, pre-built, with ``create_batch``/``send_batch`` per
@@ -52,7 +53,8 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import add_scale_option, scale_line, scale_of, scaled_count
+from bench.common import add_scale_option, private_topics, scale_line, scale_of, scaled_count
+from libs.events import topics
 from libs.events.gsrn import with_check_digit
 from libs.events.records import KafkaRecord
 from libs.platform.kafka import start_producer
@@ -148,17 +150,21 @@ def readings(meters: Sequence[str], count: int, *, offset: int = 0) -> list[dict
     return items
 
 
-def records_of(items: Sequence[dict[str, Any]], event_source: str) -> list[KafkaRecord]:
-    """The records the service would publish for ``items`` (built once, outside the measurement)."""
+def records_of(items: Sequence[dict[str, Any]], event_source: str, prefix: str = "") -> list[KafkaRecord]:
+    """The records the service would publish for ``items`` (built once, outside the measurement), on the topics
+    with ``prefix`` as the service's ``COLLECTION_KAFKA_TOPIC_PREFIX`` makes them."""
     from services.collection.adapters.kafka import reading_record
     from services.collection.domain import Accepted, ReadingInput, ValidationRules, check_readings
 
     now = datetime.now(UTC)
     parsed = [ReadingInput.model_validate(item, strict=False) for item in items]
     return [
-        reading_record(outcome.event, time=now, event_source=event_source)
-        for outcome in check_readings(parsed, now=now, rules=ValidationRules())
-        if isinstance(outcome, Accepted)
+        record._replace(topic=prefix + record.topic)
+        for record in (
+            reading_record(outcome.event, time=now, event_source=event_source)
+            for outcome in check_readings(parsed, now=now, rules=ValidationRules())
+            if isinstance(outcome, Accepted)
+        )
     ]
 
 
@@ -243,7 +249,7 @@ class Service:
         raise RuntimeError("no VmRSS")
 
 
-def start_service(stack: StackConfig, run_id: str, log: Path) -> Service:
+def start_service(stack: StackConfig, run_id: str, log: Path, topic_prefix: str) -> Service:
     port = free_port()
     client_id = f"bench-{run_id}"
     event_source = f"/gridhub/collection-bench-{run_id}"
@@ -252,6 +258,7 @@ def start_service(stack: StackConfig, run_id: str, log: Path) -> Service:
         "COLLECTION_HTTP_PORT": str(port),
         "COLLECTION_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
         "COLLECTION_EVENT_SOURCE": event_source,
+        "COLLECTION_KAFKA_TOPIC_PREFIX": topic_prefix,
         "COLLECTION_LOG_LEVEL": "WARNING",
         "COLLECTION_FTP__ENABLED": "false",
         "COLLECTION_MQTT__HOST": stack.host,
@@ -748,15 +755,22 @@ def report(results: Results, command: str, quick: bool = False) -> str:
 
 async def run(params: Params, stack: StackConfig, log: Path) -> Results:
     run_id = secrets.token_hex(4)
+    prefix = f"bench-{run_id}."
+    names = [prefix + name for base in (topics.READINGS, topics.METER_EVENTS) for name in (base, topics.dlq(base))]
+    async with private_topics(stack.kafka_bootstrap, names):
+        return await _run(params, stack, log, run_id, prefix)
+
+
+async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefix: str) -> Results:
     results = Results(params, others=others())
-    service = start_service(stack, run_id, log)
+    service = start_service(stack, run_id, log, prefix)
     api_key, key_id = await add_api_key(stack)
     try:
         digits = f"{int(run_id, 16) % 1000:03d}"
         meters = meterpoints(1000, f"57131318{digits}")
         items = readings(meters, params.rest_readings)
         bodies = [orjson.dumps(items[i : i + params.batch]) for i in range(0, len(items), params.batch)]
-        records = records_of(items, service.event_source)
+        records = records_of(items, service.event_source, prefix)
         # Warm up both (connections, metadata, JIT-free but cache-warm): a few batches each, not measured.
         await baseline(stack.kafka_bootstrap, records[: params.batch * 4], batch=params.batch, concurrency=4)
         await rest_round(service, api_key, bodies[:4], params.batch, 4)
@@ -777,7 +791,7 @@ async def run(params: Params, stack: StackConfig, log: Path) -> Results:
             results.baseline_mqtt.append(
                 await baseline(
                     stack.kafka_bootstrap,
-                    records_of(mqtt_items, service.event_source),
+                    records_of(mqtt_items, service.event_source, prefix),
                     batch=params.batch,
                     concurrency=params.concurrency,
                 )

@@ -185,3 +185,21 @@ def pyplot() -> Any:
 def emit(text: str) -> None:
     """Print progress to stderr (stdout carries the report)."""
     print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def private_topics(bootstrap: str, names: Sequence[str], *, partitions: int = 6) -> AsyncIterator[list[str]]:
+    """Create ``names`` for one run and delete them after it: a benchmark's load never lands in the platform's
+    topics, where ``make run``'s read side would have to chew through it."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names])
+        try:
+            yield list(names)
+        finally:
+            await admin.delete_topics(list(names))
+    finally:
+        await admin.close()

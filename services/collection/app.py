@@ -104,7 +104,12 @@ def build_parts(
 def create_publisher(parts: Parts, producer: AIOKafkaProducer) -> KafkaPublisher:
     """The Kafka publisher behind the ``kafka_producer`` boundary's breaker and timeout."""
     policy = parts.boundaries["kafka_producer"]
-    return KafkaPublisher(producer, breaker=policy.breaker, timeout=policy.policy.timeout or 10.0)
+    return KafkaPublisher(
+        producer,
+        breaker=policy.breaker,
+        timeout=policy.policy.timeout or 10.0,
+        topic_prefix=parts.settings.kafka_topic_prefix,
+    )
 
 
 def create_mqtt_ingress(

@@ -192,6 +192,9 @@ class CollectionSettings(ServiceSettings):
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
 
     kafka_client_id: str = "collection"
+    # Publish to "<prefix>meter.readings.v1" (and events, and their .dlq) instead: benchmarks and tests on a shared
+    # cluster keep their load out of the platform's topics. Empty in production.
+    kafka_topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{0,100}$")
     kafka_linger_ms: int = Field(default=5, ge=0)
 
     mqtt: MqttSettings = MqttSettings()

@@ -180,12 +180,15 @@ class KafkaPublisher:
         *,
         breaker: CircuitBreaker | None = None,
         timeout: float = 10.0,
+        topic_prefix: str = "",
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._producer = producer
         self._breaker = breaker
         self._timeout = timeout
+        # Every topic (readings, events and their .dlq) gets this prefix: a benchmark's or a tenant's own topics.
+        self._topic_prefix = topic_prefix
         # aiokafka's accumulator holds one batch per partition; concurrent send_batch calls for a partition wait
         # for that slot in a loop whose timeout shrinks by the total time waited on every lost race, so under
         # contention they fail with KafkaTimeoutError although Kafka is fine. A lock per partition queues them
@@ -222,8 +225,9 @@ class KafkaPublisher:
         producer = self._producer
         partitions: dict[str, list[int]] = {}
         groups: dict[tuple[str, int], list[KafkaRecord]] = {}
+        prefix = self._topic_prefix
         for record in records:
-            topic = record.topic
+            topic = prefix + record.topic
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await producer.partitions_for(topic))

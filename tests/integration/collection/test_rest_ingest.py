@@ -3,6 +3,7 @@ meterpoint; refused items are in the DLQ with their reasons; API keys come from 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -153,3 +155,43 @@ async def test_ready_when_kafka_and_the_database_answer(service: Service) -> Non
     response = await service.client.get("/readyz")
     assert response.status_code == 200, response.text
     assert {check["name"] for check in response.json()["checks"]} == {"kafka", "postgres"}
+
+
+async def test_a_topic_prefix_moves_readings_and_dead_letters_to_topics_of_their_own(
+    kafka_bootstrap: str, pg_dsn: str, pg_schema: str, topic_reader: Any
+) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}."
+    names = [f"{prefix}meter.readings.v1", f"{prefix}meter.readings.v1.dlq"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1) for name in names])
+    settings = CollectionSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_topic_prefix=prefix,
+        postgres_dsn=pg_dsn,
+        postgres_schema=pg_schema,
+        mqtt=MqttSettings(enabled=False),
+        ftp=FtpSettings(enabled=False),
+    )
+    app = create_app(settings, registry=CollectorRegistry())
+    try:
+        platform_topic = await topic_reader("meter.readings.v1")
+        own, own_dlq = await topic_reader(names[0]), await topic_reader(names[1])
+        async with app.router.lifespan_context(app):
+            writer = generate_api_key("hes-prefixed", Role.WRITE)
+            await app.state.api_key_store.add(writer.record)
+            meterpoint = new_meterpoint()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://collection") as client:
+                batch = [reading(meterpoint, 1), reading(meterpoint, 2), reading(meterpoint, 3, value="x")]
+                headers = {"X-API-Key": writer.plain_key, "Content-Type": "application/json"}
+                response = await client.post("/v1/readings", content=orjson.dumps(batch), headers=headers)
+        assert response.status_code == 202, response.text
+        assert (response.json()["accepted"], response.json()["rejected"]) == (2, 1)
+        ours = meterpoint.encode()
+        assert len(await own.read_to_end(lambda record: record.key == ours)) == 2
+        assert len(await own_dlq.read_to_end(lambda record: record.key == ours)) == 1
+        assert await platform_topic.read_to_end(lambda record: record.key == ours) == []
+    finally:
+        await admin.delete_topics(names)
+        await admin.close()
