@@ -73,6 +73,7 @@ class OutboxRelay:
         publish_timeout: float = 30.0,
         retention_seconds: float = 86_400.0,
         max_backoff: float = 10.0,
+        drain_timeout: float = 10.0,
     ) -> None:
         self._pool = pool
         self._producer = producer
@@ -81,6 +82,7 @@ class OutboxRelay:
         self._publish_timeout = publish_timeout
         self._retention_seconds = retention_seconds
         self._max_backoff = max_backoff
+        self._drain_timeout = drain_timeout
         # Bounded by construction: set or not set, never a queue of notifications.
         self._wake = asyncio.Event()
         self._last_purge = 0.0
@@ -111,6 +113,21 @@ class OutboxRelay:
             )
         self.published_total += len(rows)
         return len(rows)
+
+    async def drain(self) -> int:
+        """Publish what is committed now, batch by batch, within the drain timeout; return how many went out.
+
+        A stopping leader calls it so that a graceful shutdown leaves nothing waiting for the next start; if Kafka
+        is down the rows stay (nothing is lost) and the next leader publishes them.
+        """
+        drained = 0
+        try:
+            async with asyncio.timeout(self._drain_timeout):
+                while (count := await self.relay_once()) > 0:
+                    drained += count
+        except Exception as error:  # Kafka or the database down: the rest waits for the next leader
+            log.warning("outbox relay: draining stopped after %d events: %s", drained, type(error).__name__)
+        return drained
 
     async def backlog(self) -> tuple[int, float]:
         """(unpublished rows, age in seconds of the oldest one) — the relay's lag."""
@@ -161,6 +178,9 @@ class OutboxRelay:
                     pass
                 await self._purge()
                 await _wait(stop, self._poll_interval, self._wake)
+            drained = await self.drain()  # stopping: what was committed until now goes out before we let go
+            if drained:
+                log.info("outbox relay: drained %d events on stop", drained)
         finally:
             self.is_leader = False
             await listener.remove_listener(channel, self._on_notify)

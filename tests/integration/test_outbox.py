@@ -256,3 +256,40 @@ async def test_the_backlog_gauges_follow_unpublished_events_without_kafka(pg_dsn
         if watcher is not None:
             await asyncio.wait_for(watcher, 5)
         await pool.close()
+
+
+async def test_a_stopping_leader_drains_what_was_committed_before_it_lets_go(
+    pg_dsn: str, pg_schema: str, kafka_bootstrap: str, new_topic
+) -> None:
+    """Rows committed while the leader sleeps (no notification, a long poll) go out when it is stopped."""
+    from libs.platform.kafka import start_producer
+    from libs.platform.outbox import OutboxRelay
+
+    topic = await new_topic("outbox-drain", partitions=1)
+    pool = await create_pool(pg_dsn, schema=pg_schema, max_size=3)
+    producer = await start_producer(kafka_bootstrap, "test-relay-drain")
+    stop = asyncio.Event()
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, OUTBOX_COMPONENT, OUTBOX_MIGRATIONS)
+        relay = OutboxRelay(pool, producer, poll_interval=3600)
+        relay._on_notify = lambda *_: None  # deaf to NOTIFY: only the stop can make it look again
+        task = asyncio.create_task(relay.run(stop))
+
+        async def leading() -> bool:
+            return relay.is_leader
+
+        await wait_for(leading, 10, "the relay to lead")
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, [OutboxRecord(topic, b"k", b"v%d" % n) for n in range(5)])
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 5
+
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+        assert relay.published_total == 5
+    finally:
+        stop.set()
+        await producer.stop()
+        await pool.close()
