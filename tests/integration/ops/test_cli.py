@@ -82,27 +82,33 @@ def test_a_device_is_added_and_removed(stack: StackConfig) -> None:
 
 
 @pytest.mark.postgres
-def test_a_read_side_key_is_made_and_revoked(stack: StackConfig) -> None:
+@pytest.mark.parametrize(
+    ("service", "schema", "role"),
+    [("readside", "readside", "read"), ("collection", None, "write"), ("workorders", None, "write")],
+)
+def test_a_key_is_made_in_the_services_database_and_revoked(
+    stack: StackConfig, service: str, schema: str | None, role: str
+) -> None:
     client = f"test-{secrets.token_hex(4)}"
-    added = CliRunner().invoke(app, ["apikey", "add", "readside", client])
+    added = CliRunner().invoke(app, ["apikey", "add", service, client])
     assert added.exit_code == 0, added.output
     key = added.output.split("API key (shown once): ")[1].split()[0]
     key_id = parse_key_id(key)
     assert key_id is not None
-    assert "role read" in added.output
-    record = asyncio.run(_stored(stack, key_id))
+    assert f"role {role}" in added.output
+    record = asyncio.run(_stored(stack, service, schema, key_id))
     assert record is not None
     assert record.client == client
     assert verify_api_key(key, record)
-    revoked = CliRunner().invoke(app, ["apikey", "revoke", "readside", key_id])
+    revoked = CliRunner().invoke(app, ["apikey", "revoke", service, key_id])
     assert revoked.exit_code == 0, revoked.output
-    after = asyncio.run(_stored(stack, key_id))
+    after = asyncio.run(_stored(stack, service, schema, key_id))
     assert after is not None
     assert not after.active
 
 
-async def _stored(stack: StackConfig, key_id: str) -> ApiKeyRecord | None:
-    pool = await create_pool(stack.postgres_dsn("readside"), schema="readside", max_size=1)
+async def _stored(stack: StackConfig, database: str, schema: str | None, key_id: str) -> ApiKeyRecord | None:
+    pool = await create_pool(stack.postgres_dsn(database), schema=schema, max_size=1)
     try:
         return await PostgresKeyStore(pool).get(key_id)
     finally:
