@@ -102,22 +102,34 @@ async def rest_load(service: Any, acked: Acknowledged, stop: asyncio.Event, coun
 def mqtt_load(device: Device, acked: Acknowledged, stop: threading.Event, counter: Any) -> None:
     """Publish messages of 5 readings with QoS 1; a message counts once the broker's PUBACK (code 0) came."""
     pending: dict[int, list[str]] = {}
+    early: dict[int, int] = {}  # PUBACKs that came before publish() returned their mid: mid -> reason code
     done = threading.Condition()
 
+    def count(ids: list[str], reason: int) -> None:
+        if reason == 0:
+            with acked.lock:
+                acked.mqtt.update(ids)
+
     def on_publish(client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        # paho calls this holding its message lock, which publish() takes too: never publish while holding `done`.
         with done:
             ids = pending.pop(mid, None)
-            if ids is not None and reason_code.value == 0:
-                with acked.lock:
-                    acked.mqtt.update(ids)
+            if ids is None:
+                early[mid] = reason_code.value
+            else:
+                count(ids, reason_code.value)
             done.notify_all()
 
     device.client.on_publish = on_publish
     while not stop.is_set():
         items = [reading(device.meterpoint_id, next(counter)) for _ in range(5)]
+        info = device.client.publish(f"gridhub/meters/{device.meterpoint_id}/readings", orjson.dumps(items), qos=1)
         with done:
-            info = device.client.publish(f"gridhub/meters/{device.meterpoint_id}/readings", orjson.dumps(items), qos=1)
-            pending[info.mid] = [id_of(item) for item in items]
+            ids = [id_of(item) for item in items]
+            if info.mid in early:
+                count(ids, early.pop(info.mid))
+            else:
+                pending[info.mid] = ids
             # At most 20 unacknowledged messages: the broker's PUBACKs pace us, not a sleep.
             done.wait_for(lambda: len(pending) < 20 or stop.is_set(), timeout=10.0)
         stop.wait(0.01)
