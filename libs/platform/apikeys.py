@@ -172,6 +172,33 @@ async def authenticate(store: KeyStore, plain_key: str) -> ApiKeyRecord | None:
     return record
 
 
+class KeyStoreSlot:
+    """The app's `KeyStore`, filled in by the lifespan: the middleware exists before the database pool does.
+
+    Before the service started (and after it stopped) a lookup finds nothing and a change raises.
+    """
+
+    def __init__(self) -> None:
+        self.store: KeyStore | None = None
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        """The record of ``key_id``; None while no store is in the slot."""
+        return None if self.store is None else await self.store.get(key_id)
+
+    async def add(self, record: ApiKeyRecord) -> None:
+        """Store a new record."""
+        await self._store().add(record)
+
+    async def revoke(self, key_id: str, *, at: datetime | None = None) -> bool:
+        """Revoke a key."""
+        return await self._store().revoke(key_id, at=at)
+
+    def _store(self) -> KeyStore:
+        if self.store is None:
+            raise RuntimeError("the service has not started")
+        return self.store
+
+
 def set_key_store(app: Starlette, store: KeyStore) -> None:
     """Make ``store`` the key store `require_role` uses for this app."""
     app.state.api_key_store = store

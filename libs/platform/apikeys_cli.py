@@ -1,7 +1,7 @@
 """The API-key command every service with keys offers: ``add <client> [--role ...]`` and ``revoke <key id>``.
 
 Keys live in the service's own database (table ``api_keys``, hashed); the plain key is printed once. A service's
-``apikeys`` module calls `main` with its name and the DSN and schema of its settings.
+``commands/apikeys.py`` calls `main` with its settings (the ``postgres_*`` fields every service names alike).
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from collections.abc import Sequence
 
 from libs.platform.apikeys import Role, generate_api_key
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
-from libs.platform.db import create_pool
-from libs.platform.migrations import migrate
+from libs.platform.database import open_database
+from libs.platform.settings import ServiceSettings
 
 
-async def _run(args: argparse.Namespace, dsn: str, schema: str | None) -> int:
-    pool = await create_pool(dsn, schema=schema, max_size=1)
+async def _run(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    pool = await open_database(settings, [(APIKEY_COMPONENT, APIKEY_MIGRATIONS)], max_size=1)
     try:
-        async with pool.acquire() as connection:
-            await migrate(connection, APIKEY_COMPONENT, APIKEY_MIGRATIONS)
         store = PostgresKeyStore(pool)
         if args.command == "add":
             new = generate_api_key(args.client, Role(args.role))
@@ -38,10 +36,11 @@ async def _run(args: argparse.Namespace, dsn: str, schema: str | None) -> int:
         await pool.close()
 
 
-def main(argv: Sequence[str] | None, *, service: str, dsn: str, schema: str | None, example_client: str) -> int:
-    """``python -m services.<service>.apikeys add <client> [--role read|write|admin]`` or ``revoke <key id>``."""
+def main(argv: Sequence[str] | None, settings: ServiceSettings, *, example_client: str) -> int:
+    """``python -m services.<service>.commands.apikeys add <client> [--role ...]`` or ``revoke <key id>``."""
+    service = settings.service_name
     parser = argparse.ArgumentParser(
-        prog=f"python -m services.{service}.apikeys", description=f"API keys of {service}'s client systems."
+        prog=f"python -m services.{service}.commands.apikeys", description=f"API keys of {service}'s client systems."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="create a key for a client system")
@@ -50,4 +49,4 @@ def main(argv: Sequence[str] | None, *, service: str, dsn: str, schema: str | No
     revoke = commands.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
-    return asyncio.run(_run(args, dsn, schema))
+    return asyncio.run(_run(args, settings))

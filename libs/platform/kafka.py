@@ -7,11 +7,19 @@ on all in-sync replicas (``acks=all``), and retries never duplicate or reorder a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from libs.platform.health import ProbeCheck, probe_check
+
+logger = logging.getLogger(__name__)
+
+MAX_START_BACKOFF = 10.0
+"""The longest wait between two attempts of `start_producer_retrying`."""
 
 NO_LOSS_SETTINGS: dict[str, Any] = {
     "acks": "all",
@@ -49,6 +57,31 @@ async def start_producer(bootstrap_servers: str, client_id: str, **options: Any)
     producer = AIOKafkaProducer(**producer_settings(bootstrap_servers, client_id, **options))
     await producer.start()
     return producer
+
+
+async def start_producer_retrying(
+    bootstrap_servers: str, client_id: str, stop: asyncio.Event, **options: Any
+) -> AIOKafkaProducer | None:
+    """A started no-loss producer, retrying with capped backoff while Kafka is unreachable; None if ``stop`` came first.
+
+    For the parts that must outlive a broker that is down at start-up (an outbox relay, a consumer's dead letters):
+    their service keeps serving, and the part starts as soon as Kafka answers.
+    """
+    backoff = 0.5
+    while not stop.is_set():
+        # Built per attempt rather than with start_producer, so that a failed start is closed, not leaked.
+        producer = AIOKafkaProducer(**producer_settings(bootstrap_servers, client_id, **options))
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as error:
+            await producer.stop()
+            logger.warning("%s: Kafka unreachable (%s); retrying in %.1fs", client_id, type(error).__name__, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            backoff = min(backoff * 2, MAX_START_BACKOFF)
+            continue
+        return producer
+    return None
 
 
 async def check_kafka(producer: AIOKafkaProducer, timeout: float = 3.0) -> None:

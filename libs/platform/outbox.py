@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from libs.platform.db import Connection
+from libs.platform.kafka import start_producer_retrying
 
 OUTBOX_MIGRATIONS = Path(__file__).parent / "sql" / "outbox"
 OUTBOX_COMPONENT = "platform.outbox"
@@ -252,6 +253,29 @@ async def watch_outbox_backlog(
             metrics.oldest_age.set(age)
             metrics.last_read.set(time.time())
         await _wait(stop, interval)
+
+
+async def run_outbox_relay(
+    pool: asyncpg.Pool[Any],
+    bootstrap_servers: str,
+    *,
+    client_id: str,
+    stop: asyncio.Event,
+    poll_interval: float,
+    batch_size: int,
+) -> None:
+    """Relay the outbox to Kafka inside a service until ``stop`` is set.
+
+    Kafka being down must not stop the service (changes wait in the outbox), so the producer is started with
+    retries here rather than at start-up; the relay itself retries failed batches.
+    """
+    producer = await start_producer_retrying(bootstrap_servers, client_id, stop)
+    if producer is None:
+        return
+    try:
+        await OutboxRelay(pool, producer, poll_interval=poll_interval, batch_size=batch_size).run(stop)
+    finally:
+        await producer.stop()
 
 
 async def _wait(stop: asyncio.Event, timeout: float, wake: asyncio.Event | None = None) -> bool:

@@ -82,9 +82,14 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(default=8000, ge=1, le=65535)
     log_level: LogLevel = "INFO"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    # None for services without a database (collection); the others redeclare it, required or with a
-    # dev default containing DEV_ONLY_MARKER.
+    # Every service redeclares it with a dev default containing DEV_ONLY_MARKER (refused in production).
     postgres_dsn: SecretStr | None = None
+    # The same names in every service (`libs.platform.db.open_database` reads them); services change defaults.
+    postgres_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    postgres_pool_min_size: int = Field(default=1, ge=0, le=100)
+    postgres_pool_max_size: int = Field(default=10, ge=1, le=100)
+    # Bounds every statement: a slow database slows callers down instead of piling them up.
+    postgres_command_timeout: float = Field(default=10.0, gt=0, le=300)
     metrics_enabled: bool = True
 
     @classmethod
@@ -98,6 +103,12 @@ class ServiceSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Rank the sources: arguments, service variables, shared variables, .env file, secret files."""
         return (init_settings, env_settings, _SharedEnvSource(settings_cls), dotenv_settings, file_secret_settings)
+
+    @model_validator(mode="after")
+    def _check_pool_sizes(self) -> ServiceSettings:
+        if self.postgres_pool_min_size > self.postgres_pool_max_size:
+            raise ValueError("postgres_pool_min_size must not exceed postgres_pool_max_size")
+        return self
 
     @field_validator("service_name")
     @classmethod
