@@ -124,4 +124,11 @@ def serve(
     return 1 if failures else 0
 
 
-__all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "AppFactory", "load_settings", "serve", "server_config", "tune_garbage_collector"]
+__all__ = [
+    "GRACEFUL_SHUTDOWN_SECONDS",
+    "AppFactory",
+    "load_settings",
+    "serve",
+    "server_config",
+    "tune_garbage_collector",
+]
