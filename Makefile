@@ -62,7 +62,7 @@ contracts: deps ## regenerate the committed contracts from code
 	$(PY) python -m libs.events.schemas
 	$(PY) python -m services.collection.openapi
 	$(PY) python -m services.collection.asyncapi
-	$(PY) python -m services.readside.api
+	$(PY) python -m services.readside.contracts
 	$(PY) python -m services.workorders.openapi
 
 test-unit: deps deploy-tools ## unit and contract tests only (no stack needed)

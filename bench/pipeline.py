@@ -203,7 +203,7 @@ async def readside_child(names: Names, group: str) -> AsyncIterator[Child]:
         **os.environ,
         "READSIDE_POSTGRES_DSN": stack.postgres_dsn("readside"),
         "READSIDE_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
-        "READSIDE_DB_SCHEMA": names.schema,
+        "READSIDE_POSTGRES_SCHEMA": names.schema,
         "READSIDE_READINGS_TOPIC": readings,
         "READSIDE_METER_EVENTS_TOPIC": events,
         "READSIDE_CUSTOMERS_TOPIC": customers,

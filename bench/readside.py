@@ -46,9 +46,10 @@ from bench.common import add_scale_option, scale_line, scale_of, scaled_count
 from libs.events import KafkaRecord, MeterReadingReceived, Quality, Register, Resolution, Unit, make_event, to_record
 from libs.events.gsrn import with_check_digit
 from libs.platform.kafka import start_producer
+from libs.platform.serve import tune_garbage_collector
 from services.readside.adapters.kafka import partitions_of
 from services.readside.adapters.schema import prepare_database
-from services.readside.app import Readside, start_readside, tune_garbage_collector
+from services.readside.app import Parts, start_parts
 from services.readside.settings import ReadsideSettings
 from stack.config import StackConfig
 
@@ -207,7 +208,7 @@ async def applied(conn: asyncpg.Connection[Any], schema: str, topic: str) -> int
     return value
 
 
-async def readside_consume(readside: Readside, conn: asyncpg.Connection[Any], total: int) -> float:
+async def readside_consume(readside: Parts, conn: asyncpg.Connection[Any], total: int) -> float:
     """The running read side over the same records: seconds from positioned to all materialized."""
     consumer = readside.consumer
     assert consumer is not None
@@ -218,12 +219,12 @@ async def readside_consume(readside: Readside, conn: asyncpg.Connection[Any], to
             raise RuntimeError("the read side did not take its partitions within 60 s")
         await asyncio.sleep(0.002)
     started = time.perf_counter()
-    while await applied(conn, settings.db_schema, settings.readings_topic) < total:  # noqa: ASYNC110 - polls the DB
+    while await applied(conn, settings.postgres_schema, settings.readings_topic) < total:  # noqa: ASYNC110 - polls the DB
         await asyncio.sleep(0.005)
     return time.perf_counter() - started
 
 
-async def latency(readside: Readside, conn: asyncpg.Connection[Any], params: Params, bootstrap: str) -> list[float]:
+async def latency(readside: Parts, conn: asyncpg.Connection[Any], params: Params, bootstrap: str) -> list[float]:
     """Per reading, seconds from send() to the commit that made it queryable, at ``latency_rate`` readings/s."""
     settings = readside.settings
     producer = await start_producer(bootstrap, "bench-readside-latency", linger_ms=5)
@@ -238,7 +239,9 @@ async def latency(readside: Readside, conn: asyncpg.Connection[Any], params: Par
         producing = True
 
         async def poll() -> None:
-            query = f'SELECT partition, next_offset FROM "{settings.db_schema}_v1".consumer_offsets WHERE topic = $1'
+            query = (
+                f'SELECT partition, next_offset FROM "{settings.postgres_schema}_v1".consumer_offsets WHERE topic = $1'
+            )
             applied: dict[int, int] = {}
             while producing or len(seen) < len(sent):
                 now = time.perf_counter()
@@ -281,7 +284,7 @@ def _settings(dsn: str, bootstrap: str, names: Names, schema: str, params: Param
     return ReadsideSettings(
         postgres_dsn=dsn,
         kafka_bootstrap_servers=bootstrap,
-        db_schema=schema,
+        postgres_schema=schema,
         readings_topic=names.topics[0],
         meter_events_topic=names.topics[1],
         customers_topic=names.topics[2],
@@ -323,11 +326,11 @@ async def run(params: Params, quick: bool) -> str:
                     await baseline(bootstrap, dsn, base_schema, names.topics[0], total, params.max_records)
                 )
                 settings = _settings(dsn, bootstrap, names, f"{names.schema}_ours{round_}", params, round_)
-                await prepare_database(conn, settings.db_schema, settings.timezone)
-                readside = await start_readside(settings, registry=CollectorRegistry())
+                await prepare_database(conn, settings.postgres_schema, settings.timezone)
+                readside = await start_parts(settings, registry=CollectorRegistry())
                 try:
                     ours_times.append(await readside_consume(readside, conn, total))
-                    await _check(dsn, settings.db_schema, expected)
+                    await _check(dsn, settings.postgres_schema, expected)
                     if round_ == params.rounds - 1:
                         delays = await latency(readside, conn, params, bootstrap)
                 finally:

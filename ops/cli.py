@@ -7,9 +7,9 @@ Each command uses the same settings as the services (``GRIDHUB_KAFKA_BOOTSTRAP``
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
-import sys
 from enum import StrEnum
 from typing import Annotated
 
@@ -104,13 +104,6 @@ def apikey_add(
         errors.print(CUSTOMERS_LOGINS)
         raise typer.Exit(2)
     chosen = role or DEFAULT_ROLES[service]
-    if service is KeyService.readside:
-        from ops.provision import add_readside_key
-
-        new = asyncio.run(add_readside_key(client, chosen))
-        print(f"key id {new.record.key_id} for {client} (role {chosen.value})")
-        print(f"API key (shown once): {new.plain_key}")
-        return
     raise typer.Exit(_service_apikeys(service, ["add", client, "--role", chosen.value]))
 
 
@@ -120,34 +113,13 @@ def apikey_revoke(service: KeyService, key_id: str) -> None:
     if service is KeyService.customers:
         errors.print(CUSTOMERS_LOGINS)
         raise typer.Exit(2)
-    if service is KeyService.readside:
-        raise typer.Exit(asyncio.run(_revoke_readside_key(key_id)))
     raise typer.Exit(_service_apikeys(service, ["revoke", key_id]))
 
 
 def _service_apikeys(service: KeyService, argv: list[str]) -> int:
-    if service is KeyService.collection:
-        from services.collection.apikeys import main as collection_keys
-
-        return collection_keys(argv)
-    from services.workorders.apikeys import main as workorders_keys
-
-    return workorders_keys(argv)
-
-
-async def _revoke_readside_key(key_id: str) -> int:
-    from libs.platform.apikeys_store import PostgresKeyStore
-    from libs.platform.db import create_pool
-    from services.readside.settings import ReadsideSettings
-
-    settings = ReadsideSettings()
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), schema=settings.db_schema, max_size=1)
-    try:
-        revoked = await PostgresKeyStore(pool).revoke(key_id)
-    finally:
-        await pool.close()
-    print(f"key {key_id} revoked" if revoked else f"no key {key_id}", file=sys.stdout if revoked else sys.stderr)
-    return 0 if revoked else 1
+    module = importlib.import_module(f"services.{service.value}.commands.apikeys")
+    code: int = module.main(argv)
+    return code
 
 
 @ftpuser_app.command("add")
@@ -282,7 +254,7 @@ def rebuild(
     keep_old: Annotated[bool, typer.Option("--keep-old", help="keep the old view version's schema")] = False,
 ) -> None:
     """Rebuild the read side's views from the topics into a new version, then switch (progress on stderr)."""
-    from services.readside.rebuild import main as rebuild_main
+    from services.readside.commands.rebuild import main as rebuild_main
 
     rebuild_main([*([f"--rate={rate}"] if rate is not None else []), *(["--keep-old"] if keep_old else [])])
 

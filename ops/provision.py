@@ -1,9 +1,9 @@
 """Dev credentials for ``make run``: MQTT devices, API keys, the FTP partner and the SOAP login of the simulator.
 
 Everything is made with the services' own tools: ``services.collection.devices`` (Mosquitto's password file),
-``python -m services.collection.apikeys`` / ``services.workorders.apikeys`` / ``services.collection.ftpusers``
-(run as commands, in parallel), the customers service's scrypt ``hash_password`` (its ``auth`` command only asks
-interactively). The read side has no key command of its own; `add_readside_key` does what the others do.
+``python -m services.<service>.commands.apikeys`` (collection, workorders, readside) and
+``services.collection.ftpusers`` (run as commands, in parallel), the customers service's scrypt ``hash_password``
+(its ``auth`` command only asks interactively).
 
 The credentials are kept in ``<run dir>/credentials.json`` (mode 0600, dev only, inside the git-ignored stack
 folder) and reused by the next run while they still work, so keys do not pile up and a developer's curl
@@ -25,10 +25,9 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel
 
-from libs.platform.apikeys import NewApiKey, Role, generate_api_key, parse_key_id, verify_api_key
-from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
+from libs.platform.apikeys import Role, parse_key_id, verify_api_key
+from libs.platform.apikeys_store import PostgresKeyStore
 from libs.platform.db import create_pool
-from libs.platform.migrations import migrate
 from stack.config import REPO
 
 _KEY_LINE = re.compile(r"API key \(shown once\): (\S+)")
@@ -129,31 +128,13 @@ async def _key_works(dsn: str, schema: str | None, key: ApiKey | None) -> bool:
     return record is not None and record.active and verify_api_key(key.key, record)
 
 
-async def add_readside_key(client: str, role: Role | str) -> NewApiKey:
-    """A new key of the read side (table ``api_keys`` in its control schema), made like the services' commands."""
-    from services.readside.settings import ReadsideSettings
-
-    settings = ReadsideSettings()
-    new = generate_api_key(client, Role(role))
-    pool = await create_pool(
-        settings.postgres_dsn.get_secret_value(), schema=settings.db_schema, max_size=1, application_name="gridhub-ops"
-    )
-    try:
-        async with pool.acquire() as connection:
-            # What the other services' key commands do: the key table may be made before the service first ran.
-            await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.db_schema}"')
-            await migrate(connection, APIKEY_COMPONENT, APIKEY_MIGRATIONS)
-        await PostgresKeyStore(pool).add(new.record)
-    finally:
-        await pool.close()
-    return new
-
-
 async def _service_key(service: str, client: str, role: Role) -> ApiKey:
-    code, output = await run_module(f"services.{service}.apikeys", ["add", client, "--role", role.value])
+    code, output = await run_module(f"services.{service}.commands.apikeys", ["add", client, "--role", role.value])
     match = _KEY_LINE.search(output)
     if code != 0 or match is None:
-        raise RuntimeError(f"python -m services.{service}.apikeys add {client} failed ({code}): {output.strip()}")
+        raise RuntimeError(
+            f"python -m services.{service}.commands.apikeys add {client} failed ({code}): {output.strip()}"
+        )
     return ApiKey(client=client, key=match.group(1))
 
 
@@ -182,11 +163,10 @@ async def ensure_keys(credentials: Credentials) -> Credentials:
 
     async def readside_key() -> ApiKey:
         dsn = readside.postgres_dsn.get_secret_value()
-        if await _key_works(dsn, readside.db_schema, credentials.readside_key):
+        if await _key_works(dsn, readside.postgres_schema, credentials.readside_key):
             assert credentials.readside_key is not None
             return credentials.readside_key
-        new = await add_readside_key(f"{name}-web", Role.READ)
-        return ApiKey(client=f"{name}-web", key=new.plain_key)
+        return await _service_key("readside", f"{name}-web", Role.READ)
 
     keys = await asyncio.gather(collection_key(), workorders_key(), readside_key())
     return credentials.model_copy(

@@ -14,10 +14,14 @@ from collections.abc import Sequence
 from libs.platform.apikeys import Role, generate_api_key
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
 from libs.platform.database import open_database
+from libs.platform.db import create_pool
 from libs.platform.settings import ServiceSettings
 
 
 async def _run(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    if settings.postgres_schema is not None:
+        # The key table may be made before the service first ran; the name is checked by the settings.
+        await _create_schema(settings)
     pool = await open_database(settings, [(APIKEY_COMPONENT, APIKEY_MIGRATIONS)], max_size=1)
     try:
         store = PostgresKeyStore(pool)
@@ -36,7 +40,23 @@ async def _run(args: argparse.Namespace, settings: ServiceSettings) -> int:
         await pool.close()
 
 
-def main(argv: Sequence[str] | None, settings: ServiceSettings, *, example_client: str) -> int:
+async def _create_schema(settings: ServiceSettings) -> None:
+    assert settings.postgres_dsn is not None
+    assert settings.postgres_schema is not None
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), min_size=1, max_size=1)
+    try:
+        await pool.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.postgres_schema}"')
+    finally:
+        await pool.close()
+
+
+def main(
+    argv: Sequence[str] | None,
+    settings: ServiceSettings,
+    *,
+    example_client: str,
+    default_role: Role = Role.WRITE,
+) -> int:
     """``python -m services.<service>.commands.apikeys add <client> [--role ...]`` or ``revoke <key id>``."""
     service = settings.service_name
     parser = argparse.ArgumentParser(
@@ -45,7 +65,7 @@ def main(argv: Sequence[str] | None, settings: ServiceSettings, *, example_clien
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="create a key for a client system")
     add.add_argument("client", help=f"the client system's name, e.g. {example_client}")
-    add.add_argument("--role", choices=[role.value for role in Role], default=Role.WRITE.value)
+    add.add_argument("--role", choices=[role.value for role in Role], default=default_role.value)
     revoke = commands.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)

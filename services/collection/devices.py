@@ -16,34 +16,65 @@ import argparse
 import os
 import secrets
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 from libs.events.gsrn import is_valid_gsrn
+from services.collection.settings import CollectionSettings, DeviceSettings
+
+_TOOL_TIMEOUT = 30.0
 
 
-def add_device(meterpoint_id: str, password: str | None = None) -> str:
+def _files(settings: DeviceSettings | None) -> tuple[Path, Path | None]:
+    settings = CollectionSettings().devices if settings is None else settings
+    if settings.password_file is None:
+        raise ValueError("no device registry: set COLLECTION_DEVICES__PASSWORD_FILE (and __BROKER_PID_FILE)")
+    return settings.password_file, settings.broker_pid_file
+
+
+def _passwd(arguments: list[str], *, missing_ok: bool = False) -> None:
+    result = subprocess.run(  # noqa: S603 - a fixed tool; the user name is a checked GSRN
+        ["mosquitto_passwd", *arguments],  # noqa: S607 - Mosquitto's own tool, found on PATH
+        capture_output=True,
+        text=True,
+        timeout=_TOOL_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0 and not (missing_ok and "not found" in result.stderr + result.stdout):
+        raise ValueError(f"mosquitto_passwd failed: {(result.stderr or result.stdout).strip()}")
+
+
+def _reload(pid_file: Path | None) -> None:
+    """SIGHUP the broker named by ``pid_file`` (``<pid> <marker>``), if it runs and is the one recorded."""
+    if pid_file is None:
+        return
+    try:
+        fields = pid_file.read_text().split()
+        pid, marker = int(fields[0]), fields[1]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return  # no broker running: it reads the file when it starts
+    if marker in cmdline:
+        os.kill(pid, signal.SIGHUP)
+
+
+def add_device(meterpoint_id: str, password: str | None = None, *, settings: DeviceSettings | None = None) -> str:
     """Let ``meterpoint_id`` publish, with ``password`` (a random one when None); return the password."""
     if not is_valid_gsrn(meterpoint_id):
         raise ValueError(f"{meterpoint_id!r} is no GSRN-18 with a valid check digit")
-    from stack.config import StackConfig  # the local stack's tooling, not part of the service image
-    from stack.mosquitto import Mosquitto
-
+    password_file, pid_file = _files(settings)
     password = password or secrets.token_urlsafe(24)
-    Mosquitto(StackConfig()).add_user(meterpoint_id, password)
+    _passwd(["-b", str(password_file), meterpoint_id, password])
+    _reload(pid_file)
     return password
 
 
-def remove_device(meterpoint_id: str) -> None:
-    """Remove the device's credentials; the broker refuses its next login."""
-    from stack.config import StackConfig
-    from stack.mosquitto import Mosquitto
-    from stack.process import run
-
-    broker = Mosquitto(StackConfig())
-    run(["mosquitto_passwd", "-D", str(broker.passwd), meterpoint_id], timeout=30)
-    pid = broker.pid()
-    if pid is not None:
-        os.kill(pid, signal.SIGHUP)
+def remove_device(meterpoint_id: str, *, settings: DeviceSettings | None = None) -> None:
+    """Remove the device's credentials (none is fine); the broker refuses its next login."""
+    password_file, pid_file = _files(settings)
+    _passwd(["-D", str(password_file), meterpoint_id], missing_ok=True)
+    _reload(pid_file)
 
 
 def main(argv: list[str] | None = None) -> int:

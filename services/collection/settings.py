@@ -145,6 +145,18 @@ class FtpSettings(_Section):
         return self
 
 
+class DeviceSettings(_Section):
+    """Where the device registry (``python -m services.collection.devices``) keeps MQTT device credentials.
+
+    The broker's password file, edited with ``mosquitto_passwd``, and its PID file (``<pid> <marker>``), whose
+    process gets SIGHUP to reload it. Unset: the command refuses to run. The local stack sets both
+    (``COLLECTION_DEVICES__PASSWORD_FILE``, ``COLLECTION_DEVICES__BROKER_PID_FILE``).
+    """
+
+    password_file: Path | None = None
+    broker_pid_file: Path | None = None
+
+
 class LagSignalSettings(_Section):
     """Lag-aware admission: the read side's consumer-group lag on a topic scales the ingress quotas down."""
 
@@ -199,6 +211,7 @@ class CollectionSettings(ServiceSettings):
 
     mqtt: MqttSettings = MqttSettings()
     ftp: FtpSettings = FtpSettings()
+    devices: DeviceSettings = DeviceSettings()
     # Off unless set: which consumer group's lag lowers the REST, MQTT and FTP quotas (lag-aware admission).
     lag_signal: LagSignalSettings | None = None
     boundaries: Boundaries = Boundaries()

@@ -1,29 +1,24 @@
-"""``python -m services.readside``: the consumer and the query API in one process (uvicorn)."""
+"""``python -m services.readside``: the consumer and the query API in one process (uvicorn).
+
+Configuration comes from ``READSIDE_*`` variables (see settings.py and README.md). SIGTERM stops the consumer
+cleanly (the batch in flight commits or rolls back); a consumer that dies stops the process with exit 1.
+"""
 
 from __future__ import annotations
 
-import uvicorn
+import sys
 
-from libs.platform.logging import configure_logging
-from services.readside.app import create_app, tune_garbage_collector
+from libs.platform.serve import serve
+from services.readside.app import create_app
 from services.readside.settings import ReadsideSettings
 
 
-def main() -> None:
-    """Serve until SIGTERM/SIGINT; uvicorn runs the lifespan, which stops the consumer cleanly."""
-    settings = ReadsideSettings()
-    configure_logging(settings.service_name, settings.log_level)
-    app = create_app(settings)
-    tune_garbage_collector()
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, with the collector kept off the objects that live as long as the process."""
+    return serve(
+        create_app, ReadsideSettings, prog="python -m services.readside", description=__doc__, argv=argv, freeze_gc=True
     )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

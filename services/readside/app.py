@@ -1,13 +1,23 @@
-"""Composition root: builds the pool, the DLQ producer, the consumer and the API from `ReadsideSettings`."""
+"""The composition root: builds every part of the read side from its settings, nothing else.
+
+``create_app(settings)`` returns the ASGI app. Its lifespan opens the API's pool and prepares the database (the
+control schema and the current view version), starts the dead-letter producer and then, unless
+``consumer_enabled`` is off, the consumer's writer, its Kafka client and the consumer task. Each part is
+followed at once by the callback that stops it, so a failed start stops exactly what had started, in reverse
+order. Tests run it in process (``async with app.router.lifespan_context(app)``) or, without the API,
+``await start_parts(settings)`` and ``await parts.stop()``.
+
+Kafka down: the views still answer, marked stale by their freshness; only the database takes the replica out
+of readiness. A consumer task that dies calls ``on_fatal``, so ``serve`` exits and the replica is restarted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -17,8 +27,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from libs.flowcontrol.delivery import DeliveryPolicy
 from libs.flowcontrol.metrics import FlowMetrics
-from libs.flowcontrol.policy import build_boundary
-from libs.platform.apikeys import KeyStore, set_key_store
+from libs.flowcontrol.policy import Boundary, build_boundary
+from libs.platform.apikeys import KeyStore, KeyStoreSlot, set_key_store
 from libs.platform.apikeys_store import PostgresKeyStore
 from libs.platform.db import create_pool, postgres_readiness
 from libs.platform.health import ReadinessRegistry, probe_check
@@ -28,159 +38,195 @@ from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from services.readside.adapters.kafka import KafkaDeadLetters, group_consumer
 from services.readside.adapters.schema import prepare_database
 from services.readside.adapters.writer import ViewWriter
-from services.readside.api import create_api
 from services.readside.batches import BatchApplier, roles_of
-from services.readside.consumers import ReadsideConsumer
-from services.readside.health import health_router
-from services.readside.metrics import LagTracker, readside_metrics
-from services.readside.settings import POSTGRES_BOUNDARY, ReadsideSettings
+from services.readside.entrypoints.api import create_api
+from services.readside.entrypoints.consumers import ReadsideConsumer
+from services.readside.entrypoints.health import health_router
+from services.readside.metrics import LagTracker, ReadsideMetrics, readside_metrics
+from services.readside.settings import ReadsideSettings
 from services.readside.views import ViewQueries
 
 logger = logging.getLogger(__name__)
 
+OnFatal = Callable[[BaseException], object]
+
 
 @dataclass
-class Readside:
-    """Everything the running read side holds; `stop()` releases it in reverse order."""
+class Parts:
+    """What the bootstrap built and, once started, what runs; tests reach it through ``app.state.parts``."""
 
     settings: ReadsideSettings
-    pool: asyncpg.Pool[Any]
-    producer: AIOKafkaProducer
+    registry: CollectorRegistry
+    postgres: Boundary
+    metrics: ReadsideMetrics
     lag: LagTracker
-    queries: ViewQueries
-    readiness: ReadinessRegistry
+    readiness: ReadinessRegistry = field(default_factory=ReadinessRegistry)
+    pool: asyncpg.Pool[Any] | None = None
+    producer: AIOKafkaProducer | None = None
+    queries: ViewQueries | None = None
     writer: ViewWriter | None = None
     kafka: AIOKafkaConsumer | None = None
     consumer: ReadsideConsumer | None = None
     task: asyncio.Task[None] | None = None
+    # Every started part's stop callback, in start order; closing it stops them in reverse.
+    exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def stop(self) -> None:
         """Stop consuming (the batch in flight rolls back or commits), then close the clients."""
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        if self.kafka is not None:
-            await self.kafka.stop()
-        if self.writer is not None:
-            await self.writer.close()
-        await self.producer.stop()
-        await self.pool.close()
+        await self.exits.aclose()
 
 
-async def start_readside(settings: ReadsideSettings, *, registry: CollectorRegistry = REGISTRY) -> Readside:
-    """Prepare the database, then start the consumer task (unless disabled) and build the queries."""
-    dsn = settings.postgres_dsn.get_secret_value()
-    boundary = build_boundary(
-        POSTGRES_BOUNDARY, settings.boundaries[POSTGRES_BOUNDARY], metrics=FlowMetrics.for_registry(registry)
+def build_parts(settings: ReadsideSettings, *, registry: CollectorRegistry | None = None) -> Parts:
+    """The consumer's PostgreSQL boundary, the metrics and the lag tracker (no I/O)."""
+    registry = REGISTRY if registry is None else registry
+    postgres = build_boundary(
+        "readside_postgres", settings.boundaries.readside_postgres, metrics=FlowMetrics.for_registry(registry)
     )
-    timeout = boundary.policy.timeout or 15.0
-    pool = await create_pool(
+    metrics = readside_metrics(registry)
+    return Parts(settings, registry, postgres, metrics, LagTracker(metrics))
+
+
+async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
+    """Start every part, pushing each one's stop callback on ``parts.exits`` right after it started."""
+    settings, exits = parts.settings, parts.exits
+    dsn = settings.postgres_dsn.get_secret_value()
+    timeout = parts.postgres.policy.timeout or 15.0
+    parts.pool = pool = await create_pool(
         dsn,
-        schema=settings.db_schema,
-        max_size=settings.postgres_pool_size,
+        schema=settings.postgres_schema,
+        min_size=settings.postgres_pool_min_size,
+        max_size=settings.postgres_pool_max_size,
         command_timeout=timeout,
         application_name=f"{settings.service_name}-api",
     )
+    exits.push_async_callback(pool.close)
     async with pool.acquire() as conn:
-        version = await prepare_database(conn, settings.db_schema, settings.timezone)
+        version = await prepare_database(conn, settings.postgres_schema, settings.timezone)
     logger.info("read side views at version %d", version)
-    producer = await start_producer(settings.kafka_bootstrap_servers, f"{settings.service_name}-dlq")
-    lag = LagTracker(readside_metrics(registry))
-    queries = ViewQueries(
+    parts.producer = producer = await start_producer(settings.kafka_bootstrap_servers, f"{settings.service_name}-dlq")
+    exits.push_async_callback(producer.stop)
+    parts.queries = ViewQueries(
         pool,
-        settings.db_schema,
+        settings.postgres_schema,
         readings_topic=settings.readings_topic,
         meter_events_topic=settings.meter_events_topic,
         customers_topic=settings.customers_topic,
         workorders_topic=settings.workorders_topic,
-        live_lag=lag,
+        live_lag=parts.lag,
         active_alarm_days=settings.active_alarm_days,
         customer_consumption_days=settings.customer_consumption_days,
     )
     # Kafka down: the views still answer, marked stale by their freshness; only the database takes us out.
-    readiness = ReadinessRegistry([postgres_readiness(pool), kafka_readiness(producer, critical=False)])
-    readside = Readside(settings, pool, producer, lag, queries, readiness)
+    parts.readiness.add(postgres_readiness(pool))
+    parts.readiness.add(kafka_readiness(producer, critical=False))
     if not settings.consumer_enabled:
-        return readside
+        return
 
     roles = roles_of(*settings.event_topics)
-    assert boundary.breaker is not None  # the settings refuse a postgres boundary without one
-    readside.writer = ViewWriter(
-        dsn, settings.db_schema, command_timeout=timeout, application_name=f"{settings.service_name}-consumer"
+    breaker = parts.postgres.breaker
+    assert breaker is not None  # the settings refuse a postgres boundary without one
+    parts.writer = writer = ViewWriter(
+        dsn, settings.postgres_schema, command_timeout=timeout, application_name=f"{settings.service_name}-consumer"
     )
+    exits.push_async_callback(writer.close)
     applier = BatchApplier(
-        readside.writer,
+        writer,
         roles,
         KafkaDeadLetters(producer),
-        boundary.delivery or DeliveryPolicy(max_attempts=1),
-        readside_metrics(registry),
+        parts.postgres.delivery or DeliveryPolicy(max_attempts=1),
+        parts.metrics,
     )
-    readside.kafka = group_consumer(settings)
-    await readside.kafka.start()
-    readside.consumer = ReadsideConsumer(
-        readside.kafka,
+    parts.kafka = kafka = group_consumer(settings)
+    await kafka.start()
+    exits.push_async_callback(kafka.stop)
+    parts.consumer = consumer = ReadsideConsumer(
+        kafka,
         applier,
         roles,
-        boundary.breaker,
-        lag,
+        breaker,
+        parts.lag,
         max_records=settings.max_records,
         poll_timeout_ms=settings.poll_timeout_ms,
     )
-    readside.task = asyncio.create_task(readside.consumer.run(), name="readside-consumer")
-    readside.task.add_done_callback(_log_end)
-    task = readside.task
+    parts.task = task = asyncio.create_task(consumer.run(), name="readside-consumer")
+    task.add_done_callback(_on_end(on_fatal))
+    exits.push_async_callback(_cancel, task)
 
     async def consumer_running() -> bool:
         return not task.done()
 
-    readiness.add(probe_check("consumer", consumer_running))
-    return readside
+    parts.readiness.add(probe_check("consumer", consumer_running))
 
 
-def tune_garbage_collector() -> None:
-    """Call once the process has started: keep the collector off the objects that live as long as the process.
-
-    Each batch allocates several objects per record that all die with the batch; with the default thresholds the
-    collector runs every few hundred allocations and its full passes walk every module, model and route too.
-    Freezing what exists after start-up and collecting the young generation less often cut the consumer's
-    CPU per record by about a quarter (measured with the bench).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 50, 100)
-
-
-def _log_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("the consumer stopped", exc_info=task.exception())
+async def start_parts(
+    settings: ReadsideSettings, *, registry: CollectorRegistry | None = None, on_fatal: OnFatal | None = None
+) -> Parts:
+    """The read side without its API (tests, the bench): built and started; ``await parts.stop()`` stops it."""
+    parts = build_parts(settings, registry=registry)
+    try:
+        await start(parts, on_fatal=on_fatal)
+    except BaseException:
+        await parts.stop()
+        raise
+    return parts
 
 
 def create_app(
-    settings: ReadsideSettings | None = None,
+    settings: ReadsideSettings,
     *,
+    on_fatal: OnFatal | None = None,
     registry: CollectorRegistry = REGISTRY,
     key_store: KeyStore | None = None,
 ) -> FastAPI:
-    """The read side as an ASGI app: the lifespan starts consumer and pools, the routes serve the views."""
-    settings = settings or ReadsideSettings()
+    """The read side as an ASGI app: the lifespan starts the consumer and the pools, the routes serve the views."""
+    parts = build_parts(settings, registry=registry)
+    keys = KeyStoreSlot()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        readside = await start_readside(settings, registry=registry)
-        app.state.queries = readside.queries
-        app.state.readiness = readside.readiness
-        app.state.lag = readside.lag
-        set_key_store(app, key_store or PostgresKeyStore(readside.pool))
-        try:
-            yield
-        finally:
-            await readside.stop()
+        async with parts.exits:
+            await start(parts, on_fatal=on_fatal)
+            assert parts.pool is not None
+            keys.store = key_store or PostgresKeyStore(parts.pool)
+            app.state.queries = parts.queries
+            try:
+                yield
+            finally:
+                app.state.queries = None
+                keys.store = None
 
     app = create_api(settings, lifespan=lifespan)
+    app.state.parts = parts
+    app.state.readiness = parts.readiness
+    app.state.lag = parts.lag
+    set_key_store(app, keys)
     app.include_router(health_router())
     if settings.metrics_enabled:
         mount_metrics(app, registry=registry)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
     app.add_middleware(CorrelationIdMiddleware)
     return app
+
+
+def _on_end(on_fatal: OnFatal | None) -> Callable[[asyncio.Task[None]], None]:
+    def ended(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        logger.error("the consumer stopped", exc_info=error)
+        if on_fatal is not None:
+            on_fatal(error)
+
+    return ended
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        return  # died on its own: already logged and reported through on_fatal
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+__all__ = ["Parts", "build_parts", "create_app", "start", "start_parts"]

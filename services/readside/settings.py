@@ -1,26 +1,36 @@
-"""The read side's settings: ``READSIDE_*`` variables (plus the shared ``GRIDHUB_*`` ones), read nowhere else."""
+"""The read side's settings: ``READSIDE_*`` variables (plus the shared ``GRIDHUB_*`` ones), read nowhere else.
+
+Nested values use ``__``: ``READSIDE_BOUNDARIES__READSIDE_POSTGRES__TIMEOUT=30`` changes one number and keeps the
+other defaults.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.events import topics
 from libs.flowcontrol.policy import BoundaryPolicy, BreakerSettings, DeliverySettings, ThrottleSettings
 from libs.platform.settings import DEV_ONLY_MARKER, ServiceSettings
 
-DEV_DSN = f"postgresql://readside:readside-{DEV_ONLY_MARKER}-password@127.0.0.1:5432/readside"
+DEV_POSTGRES_DSN = f"postgresql://readside:readside-{DEV_ONLY_MARKER}-password@127.0.0.1:5432/readside"
+# 41 characters at most: the views live in "<schema>_v<version>", which must stay within PostgreSQL's 63.
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 
-# The consumer's boundary towards PostgreSQL: one failed or slow batch opens the breaker (pause every partition),
-# then one probe per `wait_in_open` decides when to resume. Poison records are never retried (they are Rejects).
-POSTGRES_BOUNDARY = "readside_postgres"
-REBUILD_BOUNDARY = "readside_rebuild"
-DEFAULT_BOUNDARIES: dict[str, BoundaryPolicy] = {
-    POSTGRES_BOUNDARY: BoundaryPolicy(
+
+class Boundaries(BaseModel):
+    """The flow-control policy of each boundary (the field name is the metrics label); see docs/flow-control.md."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The consumer's boundary towards PostgreSQL: one failed or slow batch opens the breaker (pause every
+    # partition), then one probe per `wait_in_open` decides when to resume. Poison records are never retried
+    # (they are Rejects).
+    readside_postgres: BoundaryPolicy = BoundaryPolicy(
         breaker=BreakerSettings(
             failure_rate_threshold=50.0,
             slow_call_rate_threshold=100.0,
@@ -32,27 +42,42 @@ DEFAULT_BOUNDARIES: dict[str, BoundaryPolicy] = {
             permitted_calls_in_half_open=1,
         ),
         delivery=DeliverySettings(max_attempts=1),
+        # Bounds every statement of the API's pool and of the consumer's writer.
         timeout=15.0,
-    ),
+    )
     # A rebuild replays the whole log: paced in records per second so the live consumer keeps its share of the
     # database. burst must hold one batch (max_records).
-    REBUILD_BOUNDARY: BoundaryPolicy(throttle=ThrottleSettings(rate=20_000, burst=5_000, max_wait=60.0)),
-}
+    readside_rebuild: BoundaryPolicy = BoundaryPolicy(
+        throttle=ThrottleSettings(rate=20_000, burst=5_000, max_wait=60.0)
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.readside_postgres.breaker is None:
+            raise ValueError("boundaries.readside_postgres needs a breaker")
+        if self.readside_rebuild.throttle is None:
+            raise ValueError("boundaries.readside_rebuild needs a throttle")
+        return self
 
 
 class ReadsideSettings(ServiceSettings):
     """Everything the read side (consumer, query API, rebuild) can be told from outside."""
 
-    model_config = SettingsConfigDict(env_prefix="READSIDE_", frozen=True, hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="READSIDE_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+        frozen=True,
+        hide_input_in_errors=True,
+    )
 
     service_name: str = "readside"
     http_port: int = Field(default=8004, ge=1, le=65535)
-    postgres_dsn: SecretStr = SecretStr(DEV_DSN)
-    postgres_pool_size: int = Field(default=10, ge=1, le=100)
-
-    db_schema: str = Field(
+    postgres_dsn: SecretStr = SecretStr(DEV_POSTGRES_DSN)
+    postgres_pool_max_size: int = Field(default=10, ge=1, le=100)
+    postgres_schema: str = Field(
         default="readside",
-        description="Control schema (view version pointer, API keys); the views live in <db_schema>_v<version>.",
+        description="Control schema (view version pointer, API keys); the views live in <postgres_schema>_v<version>.",
     )
     timezone: str = Field(
         default="Europe/Copenhagen",
@@ -82,13 +107,13 @@ class ReadsideSettings(ServiceSettings):
     customer_consumption_days: int = Field(default=30, ge=1, le=366)
     require_api_key: bool = True
 
-    boundaries: dict[str, BoundaryPolicy] = Field(default_factory=lambda: dict(DEFAULT_BOUNDARIES))
+    boundaries: Boundaries = Boundaries()
 
-    @field_validator("db_schema")
+    @field_validator("postgres_schema")
     @classmethod
     def _check_schema(cls, value: str) -> str:
         if not _SCHEMA_NAME.fullmatch(value):
-            raise ValueError("db_schema must be 1-41 lowercase letters, digits or '_', not starting with a digit")
+            raise ValueError("postgres_schema must be 1-41 lowercase letters, digits or '_', not starting with a digit")
         return value
 
     @field_validator("timezone")
@@ -101,17 +126,16 @@ class ReadsideSettings(ServiceSettings):
         return value
 
     @model_validator(mode="after")
-    def _complete_boundaries(self) -> ReadsideSettings:
-        missing = set(DEFAULT_BOUNDARIES) - set(self.boundaries)
-        if missing:
-            # A partial override from the environment keeps the defaults of the boundaries it leaves out.
-            object.__setattr__(self, "boundaries", {**DEFAULT_BOUNDARIES, **self.boundaries})
-        throttle = self.boundaries[REBUILD_BOUNDARY].throttle
+    def _rebuild_burst_holds_a_batch(self) -> Self:
+        throttle = self.boundaries.readside_rebuild.throttle
         if throttle is None or throttle.burst < self.max_records:
-            raise ValueError(f"the {REBUILD_BOUNDARY} boundary needs a throttle whose burst holds max_records")
-        if self.boundaries[POSTGRES_BOUNDARY].breaker is None:
-            raise ValueError(f"the {POSTGRES_BOUNDARY} boundary needs a breaker")
+            raise ValueError("boundaries.readside_rebuild needs a throttle whose burst holds max_records")
         return self
+
+    @classmethod
+    def defaults(cls) -> ReadsideSettings:
+        """Every default and nothing from the environment: what the generated contracts document."""
+        return cls.model_construct()
 
     @property
     def event_topics(self) -> tuple[str, str, str, str]:
@@ -120,4 +144,4 @@ class ReadsideSettings(ServiceSettings):
 
     def views_schema(self, version: int) -> str:
         """The schema holding view version ``version``."""
-        return f"{self.db_schema}_v{version}"
+        return f"{self.postgres_schema}_v{version}"

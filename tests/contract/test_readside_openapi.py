@@ -1,14 +1,14 @@
-"""The committed OpenAPI document of the read side is the one the code generates (python -m services.readside.api)."""
+"""The read side's committed OpenAPI document is the one the code generates (python -m services.readside.contracts)."""
 
 from __future__ import annotations
 
 import json
 
-from services.readside.api import OPENAPI_PATH, render_openapi
+from services.readside.contracts import OPENAPI_PATH, render_openapi
 
 
 def test_the_committed_openapi_document_matches_the_code() -> None:
-    assert OPENAPI_PATH.read_text() == render_openapi(), "run: uv run python -m services.readside.api"
+    assert OPENAPI_PATH.read_bytes() == render_openapi(), "run: uv run python -m services.readside.contracts"
 
 
 def test_every_operation_has_a_stable_id_and_answers_with_freshness_headers() -> None:

@@ -37,6 +37,7 @@ import httpx
 import pytest
 
 from ops.services import service_environment
+from services.collection.settings import DeviceSettings
 from stack.config import REPO, StackConfig
 from tests.e2e.support import (
     CustomerCentre,
@@ -371,7 +372,16 @@ def named(overview: dict[str, Any]) -> bool:
 def add_device(meterpoint_id: str) -> str:
     from services.collection.devices import add_device as add
 
-    return add(meterpoint_id)
+    return add(meterpoint_id, settings=_stack_devices())
+
+
+def _stack_devices() -> DeviceSettings:
+    """Where this stack's broker keeps device credentials, as ops.run gave it to the services."""
+    env = service_environment(StackConfig(), {})
+    return DeviceSettings(
+        password_file=Path(env["COLLECTION_DEVICES__PASSWORD_FILE"]),
+        broker_pid_file=Path(env["COLLECTION_DEVICES__BROKER_PID_FILE"]),
+    )
 
 
 @contextmanager
@@ -408,13 +418,14 @@ def _forget_identities(platform: Platform) -> None:
     """Remove the run's devices, disable its FTP partner and revoke its keys: nothing of it stays usable."""
     from services.collection.devices import remove_device
 
+    devices = _stack_devices()
     for meterpoint in platform.devices:
-        remove_device(meterpoint)
+        remove_device(meterpoint, settings=devices)
     credentials = platform.json("credentials.json")
     if not credentials:
         return
     for meterpoint in credentials["devices"]:
-        remove_device(meterpoint)
+        remove_device(meterpoint, settings=devices)
     asyncio.run(_revoke(credentials))
 
 

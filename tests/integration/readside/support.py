@@ -105,7 +105,7 @@ def settings_for(dsn: str, bootstrap: str, schema: str, topics: Topics, **overri
     values: dict[str, Any] = {
         "postgres_dsn": dsn,
         "kafka_bootstrap_servers": bootstrap,
-        "db_schema": schema,
+        "postgres_schema": schema,
         "timezone": TIMEZONE,
         "readings_topic": topics.readings,
         "meter_events_topic": topics.meter_events,
@@ -125,7 +125,7 @@ def settings_env(settings: ReadsideSettings) -> dict[str, str]:
     env = {
         "READSIDE_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
         "READSIDE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "READSIDE_DB_SCHEMA": settings.db_schema,
+        "READSIDE_POSTGRES_SCHEMA": settings.postgres_schema,
         "READSIDE_TIMEZONE": settings.timezone,
         "READSIDE_READINGS_TOPIC": settings.readings_topic,
         "READSIDE_METER_EVENTS_TOPIC": settings.meter_events_topic,

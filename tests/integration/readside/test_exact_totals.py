@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.readside.app import start_readside
+from services.readside.app import start_parts
 from tests.integration.readside.support import (
     Topics,
     applied_through,
@@ -29,7 +29,7 @@ async def test_hourly_and_daily_totals_equal_an_independent_reference(
     assert stream.duplicates > 0
     assert stream.corrections > 0
     settings = settings_for(pg_dsn, kafka_bootstrap, control_schema, topics, max_records=700)
-    readside = await start_readside(settings, registry=CollectorRegistry())
+    readside = await start_parts(settings, registry=CollectorRegistry())
     try:
         # Half before the consumer catches up, half after: corrections then also replace rows of earlier batches.
         records = records_of(stream.events, topics)

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from libs.events import CustomerRegistered, KafkaRecord, to_record
 from libs.events.examples import example_events
 from services.readside.adapters.kafka import partitions_of
-from services.readside.app import start_readside
+from services.readside.app import start_parts
 from tests.integration.readside.support import (
     TcpProxy,
     Topics,
@@ -71,7 +71,7 @@ async def test_poison_records_are_dead_lettered_and_an_outage_loses_nothing(
     port = await proxy.start()
     settings = settings_for(through_proxy(pg_dsn, port), kafka_bootstrap, control_schema, topics, max_records=200)
     registry = CollectorRegistry()
-    readside = await start_readside(settings, registry=registry)
+    readside = await start_parts(settings, registry=registry)
     try:
         # Part 1 with poison in the middle: the rest is applied, the poison is in the DLQ with its reasons.
         await produce(kafka_bootstrap, [*records[: third // 2], *poison, *records[third // 2 : third]])

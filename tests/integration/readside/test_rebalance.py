@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.readside.app import start_readside
+from services.readside.app import start_parts
 from tests.integration.readside.support import (
     Topics,
     applied_through,
@@ -31,13 +31,13 @@ async def test_partitions_moving_between_consumers_change_nothing(
     thirds.append(records[2 * len(records) // 3 :])
     settings = settings_for(pg_dsn, kafka_bootstrap, control_schema, topics, max_records=100)
 
-    first = await start_readside(settings, registry=CollectorRegistry())
+    first = await start_parts(settings, registry=CollectorRegistry())
     second = None
     try:
         await produce(kafka_bootstrap, thirds[0])
         ends = await end_offsets(kafka_bootstrap, topics.all)
         await wait_for(lambda: applied_through(pg, control_schema, ends), 60, "the first third applied")
-        second = await start_readside(settings, registry=CollectorRegistry())  # joins: a rebalance
+        second = await start_parts(settings, registry=CollectorRegistry())  # joins: a rebalance
         lag = second.lag
 
         async def second_owns_partitions() -> bool:

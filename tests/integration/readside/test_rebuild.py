@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.readside.app import start_readside
+from services.readside.app import start_parts
 from stack.config import REPO
 from tests.integration.readside.support import (
     Topics,
@@ -49,8 +49,8 @@ async def test_rebuild_under_live_traffic_switches_to_identical_views(
     # A second read side that is never rebuilt: what the live views must equal after the switch.
     reference_schema = f"{control_schema}_ref"
     reference_settings = settings_for(pg_dsn, kafka_bootstrap, reference_schema, topics, max_records=500)
-    live = await start_readside(live_settings, registry=CollectorRegistry())
-    reference = await start_readside(reference_settings, registry=CollectorRegistry())
+    live = await start_parts(live_settings, registry=CollectorRegistry())
+    reference = await start_parts(reference_settings, registry=CollectorRegistry())
     try:
         await produce(kafka_bootstrap, first)
         ends = await end_offsets(kafka_bootstrap, topics.all)
@@ -59,7 +59,7 @@ async def test_rebuild_under_live_traffic_switches_to_identical_views(
         log = tmp_path / "rebuild.log"
         with log.open("wb") as output:
             rebuild = subprocess.Popen(
-                [sys.executable, "-m", "services.readside.rebuild", "--rate", "6000"],
+                [sys.executable, "-m", "services.readside.commands.rebuild", "--rate", "6000"],
                 cwd=REPO,
                 env={**os.environ, **settings_env(live_settings)},
                 stdout=output,

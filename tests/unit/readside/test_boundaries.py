@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from libs.events import InvalidEvent, to_record
 from libs.events.examples import example_events
 from libs.platform.problems import ProblemError
-from services.readside.api import decode_cursor, encode_cursor, etag_of
 from services.readside.batches import decode, roles_of
+from services.readside.commands.rebuild import Progress
+from services.readside.entrypoints.api import decode_cursor, encode_cursor, etag_of
 from services.readside.models import Freshness, WorkOrderPage
 from services.readside.projections import TopicRole
-from services.readside.rebuild import Progress
 from services.readside.settings import ReadsideSettings
 
 
@@ -67,8 +67,8 @@ def test_settings_read_the_readside_prefix_and_refuse_bad_values(monkeypatch: py
     settings = ReadsideSettings()
     assert (settings.max_records, settings.readings_topic) == (700, "test.readings")
     assert settings.views_schema(3) == "readside_v3"
-    with pytest.raises(ValidationError, match="db_schema"):
-        ReadsideSettings(db_schema="Robert'); DROP TABLE")
+    with pytest.raises(ValidationError, match="postgres_schema"):
+        ReadsideSettings(postgres_schema="Robert'); DROP TABLE")
     with pytest.raises(ValidationError, match="time zone"):
         ReadsideSettings(timezone="Mars/Olympus")
     with pytest.raises(ValidationError, match="burst"):

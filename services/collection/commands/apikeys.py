@@ -1,4 +1,4 @@
-"""API keys of client systems: ``python -m services.collection.apikeys add <client> [--role write]``.
+"""API keys of client systems: ``python -m services.collection.commands.apikeys add <client> [--role write]``.
 
 Keys live in the service's own database (table ``api_keys``, hashed); the plain key is printed once.
 """
@@ -13,14 +13,7 @@ from services.collection.settings import CollectionSettings
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``add <client> [--role read|write|admin]`` or ``revoke <key id>``."""
-    settings = CollectionSettings()
-    return apikeys_cli.main(
-        argv,
-        service="collection",
-        dsn=settings.postgres_dsn.get_secret_value(),
-        schema=settings.postgres_schema,
-        example_client="hes-north",
-    )
+    return apikeys_cli.main(argv, CollectionSettings(), example_client="hes-north")
 
 
 if __name__ == "__main__":

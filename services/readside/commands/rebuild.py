@@ -1,4 +1,7 @@
-"""``python -m services.readside.rebuild``: replay the topics into a new version of the views, then switch to it.
+"""``python -m services.readside.commands.rebuild`` (or ``gridhub rebuild``): replay the topics into new views.
+
+Replays into a new version of the views, then switches to it:
+
 
 1. Create ``<schema>_v<n+1>`` (an unfinished one left by an earlier run is dropped first).
 2. Replay every partition of the four topics from its beginning into it, with the same projections and the same
@@ -45,7 +48,7 @@ from services.readside.adapters.schema import (
 )
 from services.readside.adapters.writer import ViewWriter
 from services.readside.batches import BatchApplier, roles_of
-from services.readside.settings import REBUILD_BOUNDARY, ReadsideSettings
+from services.readside.settings import ReadsideSettings
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +112,10 @@ class Rebuild:
     ) -> None:
         self._settings = settings
         self._dsn = settings.postgres_dsn.get_secret_value()
-        self._control = settings.db_schema
+        self._control = settings.postgres_schema
         self._keep_old = keep_old
         self._progress_stream = progress_stream
-        policy = settings.boundaries[REBUILD_BOUNDARY].throttle
+        policy = settings.boundaries.readside_rebuild.throttle
         assert policy is not None  # the settings insist on it
         # A burst of one batch: the replay starts at its pace instead of sprinting through the burst first.
         self._throttle = Throttle(rate or policy.rate, settings.max_records, max_wait=policy.max_wait)

@@ -4,7 +4,7 @@
   (`ConsumerRebalanceListener`); Kafka's committed offsets are written too, after the database commit, but only
   for monitoring (lag-based autoscaling). Revocation waits for the batch in flight.
 - Each poll takes at most ``max_records``; the batch is decoded, projected and applied in one transaction
-  together with its offsets (see ``adapters.postgres``).
+  together with its offsets (see ``adapters.writer``).
 - Poison records are dead-lettered (``<topic>.dlq``, via ``libs.flowcontrol.deliver``) before the transaction
   that stores their offsets as done, so they are never lost and never block their partition.
 - When the database fails or is slow the breaker opens: every partition is paused, the poll loop keeps polling

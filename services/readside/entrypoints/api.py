@@ -4,20 +4,17 @@ ETags are weak and cover the data only, not the freshness block: a client revali
 gets 304 while the data it holds is unchanged, and the ``Readside-*`` headers (on 200 and 304 alike) still tell
 it how far behind the log the views are.
 
-``python -m services.readside.api`` writes the OpenAPI document to contracts/openapi/readside.json.
+``python -m services.readside.contracts`` writes its OpenAPI document to contracts/openapi/readside.json.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
-import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from hashlib import blake2b
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -39,7 +36,6 @@ from services.readside.models import (
 from services.readside.settings import ReadsideSettings
 from services.readside.views import ViewQueries
 
-OPENAPI_PATH = Path(__file__).resolve().parents[2] / "contracts" / "openapi" / "readside.json"
 API_VERSION = "1.0.0"
 HEADER_VERSION = "Readside-View-Version"
 HEADER_LAG = "Readside-Lag"
@@ -259,34 +255,3 @@ def create_api(
     dependencies = [Depends(require_role(Role.READ))] if settings.require_api_key else []
     app.include_router(router, dependencies=dependencies)
     return app
-
-
-def openapi_document() -> dict[str, Any]:
-    """The API's OpenAPI document, as committed in contracts/openapi/readside.json."""
-    app = create_api(ReadsideSettings(require_api_key=True))
-    document = app.openapi()
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    schemas["Problem"] = {
-        "type": "object",
-        "description": "RFC 9457 problem details.",
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "instance": {"type": "string"},
-        },
-        "required": ["title", "status"],
-    }
-    return document
-
-
-def render_openapi() -> str:
-    """The committed spelling of the document (stable key order, trailing newline)."""
-    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
-
-
-if __name__ == "__main__":
-    OPENAPI_PATH.parent.mkdir(parents=True, exist_ok=True)
-    OPENAPI_PATH.write_text(render_openapi())
-    sys.stdout.write(f"wrote {OPENAPI_PATH}\n")

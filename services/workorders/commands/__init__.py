@@ -1,0 +1,1 @@
+"""Operator commands: ``python -m services.workorders.commands.<command>``."""
