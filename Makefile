@@ -60,10 +60,9 @@ imports: deps ## the import contract: no service imports another, libs never imp
 
 contracts: deps ## regenerate the committed contracts from code
 	$(PY) python -m libs.events.schemas
-	$(PY) python -m services.collection.openapi
-	$(PY) python -m services.collection.asyncapi
+	$(PY) python -m services.collection.contracts
 	$(PY) python -m services.readside.contracts
-	$(PY) python -m services.workorders.openapi
+	$(PY) python -m services.workorders.contracts
 
 test-unit: deps deploy-tools ## unit and contract tests only (no stack needed)
 	$(PY) pytest tests/unit tests/contract

@@ -88,7 +88,7 @@ class Credentials(BaseModel):
 
 def customers_clients(credentials: Credentials, env: Mapping[str, str]) -> str:
     """``CUSTOMERS_CLIENTS``: the configured (or dev) client systems plus the simulator's login."""
-    from services.customers.auth import hash_password
+    from libs.platform.passwords import hash_password
     from services.customers.settings import DEV_CLIENTS
 
     raw = env.get("CUSTOMERS_CLIENTS", "").strip()

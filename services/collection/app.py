@@ -32,15 +32,15 @@ from libs.flowcontrol.clock import Clock
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.policy import Boundary, build_boundaries
 from libs.flowcontrol.quota import Quota
-from libs.platform.apikeys import ApiKeyRecord, KeyStore, set_key_store
+from libs.platform.apikeys import KeyStore, KeyStoreSlot, set_key_store
 from libs.platform.apikeys_asgi import ApiKeyMiddleware, CachedKeyStore
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
-from libs.platform.db import check_postgres, create_pool
+from libs.platform.database import open_database
+from libs.platform.db import check_postgres
 from libs.platform.health import ReadinessCheck, ReadinessRegistry, health_router, probe_check
 from libs.platform.kafka import check_kafka, start_producer
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
-from libs.platform.migrations import migrate
 from libs.platform.problems import install_problem_handlers
 from services.collection import api
 from services.collection.adapters.ftpusers import (
@@ -190,29 +190,6 @@ def create_admission(parts: Parts, signal: Signal) -> list[AdmissionController]:
     ]
 
 
-class _KeyStoreSlot:
-    """The app's `KeyStore`, filled in by the lifespan: the middleware exists before the database pool does."""
-
-    def __init__(self) -> None:
-        self.store: KeyStore | None = None
-
-    async def get(self, key_id: str) -> ApiKeyRecord | None:
-        """The record of ``key_id``; None before the service started."""
-        return None if self.store is None else await self.store.get(key_id)
-
-    async def add(self, record: ApiKeyRecord) -> None:
-        """Store a new record."""
-        if self.store is None:
-            raise RuntimeError("the service has not started")
-        await self.store.add(record)
-
-    async def revoke(self, key_id: str, *, at: datetime | None = None) -> bool:
-        """Revoke a key."""
-        if self.store is None:
-            raise RuntimeError("the service has not started")
-        return await self.store.revoke(key_id, at=at)
-
-
 def _default_checks(parts: Parts) -> list[ReadinessCheck]:
     # Late-bound: the producer and pool exist only while the app runs.
     async def kafka() -> None:
@@ -250,7 +227,7 @@ def create_app(
     restarted).
     """
     parts = build_parts(settings, registry=registry, clock=clock)
-    keys = _KeyStoreSlot()
+    keys = KeyStoreSlot()
     readiness = ReadinessRegistry(_default_checks(parts) if readiness_checks is None else readiness_checks)
 
     @asynccontextmanager
@@ -266,16 +243,10 @@ def create_app(
             store = key_store
             accounts = ftp_users
             if store is None or (settings.ftp.enabled and accounts is None):
-                parts.pool = await create_pool(
-                    settings.postgres_dsn.get_secret_value(),
-                    max_size=settings.postgres_pool_size,
-                    schema=settings.postgres_schema,
-                    application_name=settings.service_name,
+                parts.pool = await open_database(
+                    settings, [(APIKEY_COMPONENT, APIKEY_MIGRATIONS), (FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS)]
                 )
                 stack.push_async_callback(parts.pool.close)
-                async with parts.pool.acquire() as connection:
-                    await migrate(connection, APIKEY_COMPONENT, APIKEY_MIGRATIONS)
-                    await migrate(connection, FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS)
             if store is None:
                 assert parts.pool is not None
                 store = CachedKeyStore(PostgresKeyStore(parts.pool), ttl=settings.api_key_cache_seconds)

@@ -1,4 +1,4 @@
-"""The MQTT contract as an AsyncAPI 3 document, generated: ``python -m services.collection.asyncapi [--check]``.
+"""The MQTT contract as an AsyncAPI 3 document, written by ``python -m services.collection.contracts``.
 
 Payload schemas come from the same pydantic models the validator uses; limits from the default settings. The
 committed file is ``contracts/asyncapi/collection.yaml``; a contract test fails when it and the code disagree.
@@ -6,18 +6,14 @@ committed file is ``contracts/asyncapi/collection.yaml``; a contract test fails 
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML, a FastStream dependency
 from pydantic import TypeAdapter
 
 from services.collection.domain import AlarmInput, ReadingInput
-from services.collection.settings import CollectionSettings, MqttSettings
+from services.collection.settings import MqttSettings
 
-CONTRACT = Path(__file__).resolve().parents[2] / "contracts" / "asyncapi" / "collection.yaml"
 _REF = "#/components/schemas/{model}"
 EXAMPLE_METERPOINT = "571313180400000025"
 
@@ -165,7 +161,7 @@ def document(settings: MqttSettings) -> dict[str, Any]:
     }
 
 
-class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc,unused-ignore]  # untyped without types-PyYAML
     """Writes multi-line text as literal blocks and repeats shared values instead of YAML anchors."""
 
     def ignore_aliases(self, data: Any) -> bool:
@@ -184,30 +180,3 @@ def render(content: dict[str, Any]) -> bytes:
     """The YAML bytes of the committed file."""
     text: str = yaml.dump(content, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
     return text.encode()
-
-
-def generated() -> bytes:
-    """The document as the code describes it, with the default settings."""
-    return render(document(CollectionSettings.defaults().mqtt))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the document, or with ``--check`` exit 1 when the committed file differs from the code."""
-    parser = argparse.ArgumentParser(prog="python -m services.collection.asyncapi", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when file and code differ")
-    parser.add_argument("--out", type=Path, default=CONTRACT, help="target file (default: %(default)s)")
-    args = parser.parse_args(argv)
-    content = generated()
-    if args.check:
-        if not args.out.exists() or args.out.read_bytes() != content:
-            print(f"{args.out} differs from the code; run python -m services.collection.asyncapi", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(content)
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

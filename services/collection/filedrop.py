@@ -37,7 +37,7 @@ from libs.flowcontrol.errors import Refused
 from libs.flowcontrol.quota import Quota
 from services.collection import csvformat
 from services.collection.adapters.kafka import Publisher, PublishFailed, dead_letter_record
-from services.collection.domain import Accepted, Duplicate, ItemOutcome
+from services.collection.domain import Accepted, Duplicate, ItemOutcome, Rejected
 from services.collection.handlers import READINGS, FileLine, Origin, Pipeline, count_outcomes, prepare_lines
 from services.collection.metrics import CollectionMetrics
 from services.collection.settings import FtpSettings
@@ -170,6 +170,7 @@ class ReceiptWriter:
                     "duplicate_of": lines[outcome.duplicate_of].number,
                 }
             else:
+                assert isinstance(outcome, Rejected)
                 entry = {"line": number, "status": "rejected", "reason": outcome.reason, "detail": outcome.detail}
             entries.append(orjson.dumps(entry))
         if not entries:

@@ -225,13 +225,13 @@ class PartnerFtpServer(aioftp.Server):
 
         return guarded
 
-    @ConnectionConditions(ConnectionConditions.login_required)
+    @ConnectionConditions(ConnectionConditions.login_required)  # type: ignore[arg-type]  # aioftp types it for Server only
     async def _not_allowed(self, connection: Any, rest: Any) -> bool:
         self._metrics.ftp_refusals.labels("not_allowed").inc()
         connection.response("550", "not allowed here: upload files into /inbox, fetch and delete receipts in /outbox")
         return True
 
-    @ConnectionConditions(ConnectionConditions.user_required)
+    @ConnectionConditions(ConnectionConditions.user_required)  # type: ignore[arg-type]  # aioftp types it for Server only
     async def pass_(self, connection: Any, rest: str) -> bool:
         """PASS: check the password (see `PartnerUsers.check`)."""
         if connection.future.logged.done():
@@ -246,7 +246,7 @@ class PartnerFtpServer(aioftp.Server):
             connection.response("530", refusal)
         return True
 
-    @ConnectionConditions(ConnectionConditions.login_required)
+    @ConnectionConditions(ConnectionConditions.login_required)  # type: ignore[arg-type]  # aioftp types it for Server only
     async def dele(self, connection: Any, rest: Any) -> bool:
         """DELE: receipts in /outbox only."""
         real_path, virtual_path = self.get_paths(connection, rest)
@@ -260,7 +260,9 @@ class PartnerFtpServer(aioftp.Server):
 
     # --- uploads -------------------------------------------------------------------------------------------
 
-    @ConnectionConditions(ConnectionConditions.login_required, ConnectionConditions.passive_server_started)
+    @ConnectionConditions(  # type: ignore[arg-type]  # aioftp types it for Server only
+        ConnectionConditions.login_required, ConnectionConditions.passive_server_started
+    )
     async def stor(self, connection: Any, rest: Any, mode: str = "wb") -> bool:
         """STOR /inbox/<name>: admit, then receive into the spool (see the module doc)."""
         _, virtual_path = self.get_paths(connection, rest)
@@ -306,7 +308,7 @@ class PartnerFtpServer(aioftp.Server):
         @ConnectionConditions(
             ConnectionConditions.data_connection_made, wait=True, fail_code="425", fail_info="no data connection"
         )
-        @worker
+        @worker  # type: ignore[arg-type]  # aioftp types it for Server only
         async def receive(server: PartnerFtpServer, connection: Any, rest: Any) -> bool:
             nonlocal outcome
             outcome = await self._receive(connection, upload, login, name)

@@ -1,4 +1,4 @@
-"""The REST API's OpenAPI document, generated from the code: ``python -m services.collection.openapi [--check]``.
+"""The REST API's OpenAPI document, generated from the code (written by ``python -m services.collection.contracts``).
 
 The endpoints read their body as bytes (validated straight from them, PERFORMANCE.md), so FastAPI cannot see
 the request schema; `install_openapi` adds it from the same pydantic models the validator uses. The committed
@@ -8,12 +8,8 @@ the default limits (``CollectionSettings.defaults()``), whatever the environment
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 from fastapi.openapi.utils import get_openapi
 from pydantic import Field, TypeAdapter
 
@@ -23,7 +19,6 @@ from services.collection.settings import CollectionSettings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-CONTRACT = Path(__file__).resolve().parents[2] / "contracts" / "openapi" / "collection.json"
 _REF = "#/components/schemas/{model}"
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -89,43 +84,3 @@ def install_openapi(app: FastAPI, settings: CollectionSettings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def render(document: dict[str, Any]) -> bytes:
-    """The bytes of the committed file: two-space indent, final newline."""
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-def generated() -> bytes:
-    """The document as the code describes it, with the default settings."""
-    from prometheus_client import CollectorRegistry
-
-    from libs.platform.apikeys import InMemoryKeyStore
-    from services.collection.app import create_app
-
-    app = create_app(
-        CollectionSettings.defaults(), key_store=InMemoryKeyStore(), readiness_checks=[], registry=CollectorRegistry()
-    )
-    return render(app.openapi())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the document, or with ``--check`` exit 1 when the committed file differs from the code."""
-    parser = argparse.ArgumentParser(prog="python -m services.collection.openapi", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when file and code differ")
-    parser.add_argument("--out", type=Path, default=CONTRACT, help="target file (default: %(default)s)")
-    args = parser.parse_args(argv)
-    content = generated()
-    if args.check:
-        if not args.out.exists() or args.out.read_bytes() != content:
-            print(f"{args.out} differs from the code; run python -m services.collection.openapi", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(content)
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

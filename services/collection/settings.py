@@ -190,9 +190,8 @@ class CollectionSettings(ServiceSettings):
     service_name: str = "collection"
     http_port: int = Field(default=8001, ge=1, le=65535)
     postgres_dsn: SecretStr = SecretStr(DEV_POSTGRES_DSN)
-    # Tests isolate themselves in a schema of their own; production leaves it unset.
-    postgres_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    postgres_pool_size: PositiveInt = 4
+    # API keys and FTP accounts only: the readings themselves go to Kafka.
+    postgres_pool_max_size: int = Field(default=4, ge=1, le=100)
 
     event_source: str = Field(default="/gridhub/collection", pattern=r"^\S{1,256}$")
     # An interval may end at most this far in the future (meter and server clocks drift).
