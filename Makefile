@@ -45,8 +45,8 @@ stack-down: deps ## stop exactly the processes the stack started
 stack-status: deps ## show what runs, where, and its log
 	$(PY) python -m stack status
 
-run: deps ## the stack, the four services and a meter simulator until Ctrl-C (python -m ops.run)
-	$(PY) python -m ops.run
+run: deps ## the stack, the four services and a meter simulator until Ctrl-C (python -m stack.dev.run)
+	$(PY) python -m stack.dev.run
 
 lint: deps ## ruff lint and format check
 	$(PY) ruff check .

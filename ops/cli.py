@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
+from dotenv import load_dotenv
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -24,7 +25,6 @@ from ops.dlq import replay_dlq, replay_group
 from ops.health import breakers as scrape_breakers
 from ops.health import readiness
 from ops.lag import consumer_lag, kafka_bootstrap
-from stack.config import StackConfig
 
 app = typer.Typer(
     name="gridhub",
@@ -44,14 +44,17 @@ app.add_typer(dlq_app, name="dlq")
 console = Console()
 errors = Console(stderr=True)
 
+DEV_ENV_FILE = ".stack/dev.env"
+
 
 @app.callback()
-def _settings_of_the_stack() -> None:
-    """Default every service setting the environment leaves unset to the local stack's, as `make run` does.
+def _settings_from_the_env_file() -> None:
+    """Default every setting the environment leaves unset from the env file (the local stack's, in dev).
 
-    So ``GRIDHUB_PG_PORT`` and friends move the tool with the stack; a deployment's own settings always win.
+    ``GRIDHUB_ENV_FILE`` names it; by default ``.stack/dev.env`` in the current folder, written by
+    ``python -m stack up``. A deployment's own settings always win.
     """
-    os.environ.update(services.service_environment(StackConfig(), os.environ))
+    load_dotenv(os.environ.get("GRIDHUB_ENV_FILE") or DEV_ENV_FILE, override=False)
 
 
 class KeyService(StrEnum):
@@ -202,19 +205,14 @@ def outbox(as_json: JsonOption = False) -> None:
 
 @app.command()
 def status() -> None:
-    """The stack's processes and every service's readiness."""
-    from stack.__main__ import status as stack_status
-    from stack.config import StackConfig
-
-    console.print("stack:")
-    stack_code = stack_status(StackConfig())
+    """Every service's readiness (the local stack's own processes: ``make stack-status``)."""
     answers = asyncio.run(readiness())
     table = Table("service", "readiness", "url", "detail", title="services")
     colours = {"ready": "green", "not ready": "yellow", "down": "red"}
     for answer in answers:
         table.add_row(answer.service, f"[{colours[answer.status]}]{answer.status}[/]", answer.url, answer.detail)
     console.print(table)
-    raise typer.Exit(0 if stack_code == 0 and all(a.status == "ready" for a in answers) else 1)
+    raise typer.Exit(0 if all(a.status == "ready" for a in answers) else 1)
 
 
 # --- repairing ----------------------------------------------------------------------------------------------------

@@ -15,12 +15,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stack.config import StackConfig
+from libs.platform.settings import ServiceSettings
 
 
 def kafka_bootstrap() -> str:
-    """``GRIDHUB_KAFKA_BOOTSTRAP`` as the services read it, else the local stack's broker."""
-    return os.environ.get("GRIDHUB_KAFKA_BOOTSTRAP") or StackConfig().kafka_bootstrap
+    """``GRIDHUB_KAFKA_BOOTSTRAP`` as the services read it, else the services' default broker."""
+    return os.environ.get("GRIDHUB_KAFKA_BOOTSTRAP") or str(
+        ServiceSettings.model_fields["kafka_bootstrap_servers"].default
+    )
 
 
 @dataclass(frozen=True)

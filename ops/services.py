@@ -14,8 +14,6 @@ from services.collection.settings import CollectionSettings, FtpSettings
 from services.customers.settings import CustomersSettings
 from services.readside.settings import ReadsideSettings
 from services.workorders.settings import WorkordersSettings
-from stack.config import StackConfig
-from stack.mosquitto import Mosquitto
 
 HOST = "127.0.0.1"
 
@@ -93,21 +91,3 @@ def consumer_groups(env: Mapping[str, str] | None = None) -> list[str]:
         WorkordersSettings.model_fields["consumer_group_prefix"].default
     )
     return [readside, f"{prefix}.meter-events", f"{prefix}.customers"]
-
-
-def service_environment(config: StackConfig, base: Mapping[str, str]) -> dict[str, str]:
-    """The services' dev settings: the stack's Kafka, databases and broker, unless the environment says otherwise."""
-    env = dict(base)
-    broker = Mosquitto(config)
-    defaults = {
-        "GRIDHUB_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-        "COLLECTION_MQTT__PORT": str(config.mqtt_port),
-        "COLLECTION_DEVICES__PASSWORD_FILE": str(broker.passwd),
-        "COLLECTION_DEVICES__BROKER_PID_FILE": str(broker.pid_file),
-        "WORKORDERS_CUSTOMERS_SOAP_URL": soap_url(env),
-        "PYTHONUNBUFFERED": "1",
-        **{f"{s.env_prefix}POSTGRES_DSN": config.postgres_dsn(s.name) for s in SERVICES},
-    }
-    for name, value in defaults.items():
-        env.setdefault(name, value)
-    return env

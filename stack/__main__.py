@@ -7,6 +7,7 @@ import sys
 import time
 
 from stack.config import StackConfig
+from stack.environment import write_env_file
 from stack.kafka import Kafka
 from stack.mosquitto import Mosquitto
 from stack.postgres import Postgres
@@ -36,7 +37,8 @@ def up(config: StackConfig) -> None:
         print(f"  created databases: {', '.join(created_dbs)}")
     if created_topics:
         print(f"  created topics: {', '.join(created_topics)}")
-    print(f"stack is up in {time.monotonic() - started:.1f}s")
+    env_file = write_env_file(config)
+    print(f"stack is up in {time.monotonic() - started:.1f}s (settings for gridhub in {env_file})")
     status(config)
 
 

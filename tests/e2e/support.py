@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from zeep.transports import Transport
 
 from libs.events.gsrn import with_check_digit
-from ops.channels import BINDING, CSV_HEADER, WSDL, csv_line
+from stack.dev.channels import BINDING, CSV_HEADER, WSDL, csv_line
 
 Reading = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""End to end: ``python -m ops.run`` (what ``make run`` runs) with a small simulator, on the real stack.
+"""End to end: ``python -m stack.dev.run`` (what ``make run`` runs) with a small simulator, on the real stack.
 
 The platform is started exactly as ``make run`` starts it, on free ports and with identities of its own (run
 name, meterpoint ids, MQTT client id and share group, FTP folder), so it can run beside a developer's ``make run``
@@ -36,9 +36,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from ops.services import service_environment
 from services.collection.settings import DeviceSettings
 from stack.config import REPO, StackConfig
+from stack.environment import service_environment
 from tests.e2e.support import (
     CustomerCentre,
     interval_ends,
@@ -71,7 +71,7 @@ def tail(path: Path, chars: int = 3000) -> str:
 
 
 class Platform:
-    """The ``ops.run`` process and how to wait on it."""
+    """The ``stack.dev.run`` process and how to wait on it."""
 
     def __init__(self, process: subprocess.Popen[bytes], output: Path, run_dir: Path) -> None:
         self.process, self.output, self.run_dir = process, output, run_dir
@@ -86,9 +86,9 @@ class Platform:
             if result:
                 return result
             if self.process.poll() is not None:
-                pytest.fail(f"ops.run exited with {self.process.returncode} before {what}:\n{tail(self.output)}")
+                pytest.fail(f"stack.dev.run exited with {self.process.returncode} before {what}:\n{tail(self.output)}")
             if time.monotonic() > deadline:
-                pytest.fail(f"no {what} within {timeout:.0f}s; ops.run said:\n{tail(self.output)}")
+                pytest.fail(f"no {what} within {timeout:.0f}s; stack.dev.run said:\n{tail(self.output)}")
             time.sleep(0.25)
 
     def json(self, name: str) -> Any:
@@ -132,7 +132,7 @@ def test_make_run_from_soap_and_three_channels_to_the_read_side_then_a_clean_sto
     output = tmp_path / "ops-run.log"
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ops.run"], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "stack.dev.run"], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
         )
     platform = Platform(process, output, tmp_path / "run")
     started = time.monotonic()
@@ -192,7 +192,7 @@ def test_make_run_from_soap_and_three_channels_to_the_read_side_then_a_clean_sto
         try:
             process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"ops.run did not stop within {STOP_SECONDS}s:\n{tail(output)}")
+            pytest.fail(f"stack.dev.run did not stop within {STOP_SECONDS}s:\n{tail(output)}")
         assert process.returncode == 0, tail(output)
         ended = platform.json("run.json")
         for name in SERVICES:
@@ -376,7 +376,7 @@ def add_device(meterpoint_id: str) -> str:
 
 
 def _stack_devices() -> DeviceSettings:
-    """Where this stack's broker keeps device credentials, as ops.run gave it to the services."""
+    """Where this stack's broker keeps device credentials, as stack.dev.run gave it to the services."""
     env = service_environment(StackConfig(), {})
     return DeviceSettings(
         password_file=Path(env["COLLECTION_DEVICES__PASSWORD_FILE"]),
@@ -389,7 +389,7 @@ def own_ftp_partner(env: dict[str, str], tag: str) -> Iterator[tuple[str, str]]:
     """An FTP partner of the test's own (the simulator's partner collects and deletes its receipts)."""
     login, password = f"e2e-{tag}", secrets.token_urlsafe(18)
     tool = [sys.executable, "-m", "services.collection.ftpusers"]
-    env = service_environment(StackConfig(), env)  # the collection database of this stack, as ops.run gave it
+    env = service_environment(StackConfig(), env)  # the collection database of this stack, as stack.dev.run gave it
     added = subprocess.run([*tool, "add", login, "--password", password], env=env, capture_output=True, timeout=60)
     assert added.returncode == 0, added.stdout + added.stderr
     try:

@@ -1,4 +1,4 @@
-"""``python -m ops.simulator``: meters, a head-end system and a partner feeding GridHub, at a modest, steady rate.
+"""``python -m stack.dev.simulator``: meters, a head-end system and a partner feeding GridHub, at a modest, steady rate.
 
 - **Meters over MQTT**: each logs in with its meterpoint id and its own password and publishes its 15-minute
   readings to ``gridhub/meters/<gsrn>/readings`` (contracts/asyncapi/collection.yaml).
@@ -42,11 +42,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.events.gsrn import with_check_digit
-from ops.channels import Alarm, HeadEnd, MqttMeter, Partner, Reading, Registrar
-from ops.provision import Credentials
 from stack.config import StackConfig
+from stack.dev.channels import Alarm, HeadEnd, MqttMeter, Partner, Reading, Registrar
+from stack.dev.provision import Credentials
 
-logger = logging.getLogger("ops.simulator")
+logger = logging.getLogger("stack.dev.simulator")
 
 INTERVAL = timedelta(minutes=15)
 LOCAL = ZoneInfo("Europe/Copenhagen")
@@ -335,7 +335,7 @@ async def simulate(settings: SimulatorSettings, credentials: Credentials, stop: 
 
 def parse_settings(argv: Sequence[str] | None) -> SimulatorSettings:
     """Settings from ``GRIDHUB_SIM_*``, overridden by the command line."""
-    parser = argparse.ArgumentParser(prog="python -m ops.simulator", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stack.dev.simulator", description=__doc__.split("\n\n")[0])
     parser.add_argument("--meters", type=int, help="meters publishing over MQTT")
     parser.add_argument("--head-end-meters", type=int, help="meters the head-end posts over REST")
     parser.add_argument("--ftp-meters", type=int, help="meters the partner uploads over FTP")

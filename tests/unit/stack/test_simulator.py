@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from libs.events.gsrn import is_valid_gsrn
-from ops.channels import CSV_HEADER, csv_line, person
-from ops.simulator import SimulatorSettings, first_interval_end, reading, reading_value
 from services.collection import csvformat
 from services.collection.domain import Reading, ValidationRules, check_reading, parse_readings
+from stack.dev.channels import CSV_HEADER, csv_line, person
+from stack.dev.simulator import SimulatorSettings, first_interval_end, reading, reading_value
 
 NOW = datetime(2026, 3, 29, 1, 7, 12, tzinfo=UTC)  # the night Denmark moves to summer time
 

@@ -1,11 +1,11 @@
-"""``python -m ops.run`` (``make run``): the stack, the four services and the meter simulator, until Ctrl-C.
+"""``python -m stack.dev.run`` (``make run``): the stack, the four services and the meter simulator, until Ctrl-C.
 
 1. Brings the local stack up (``stack.up``: Kafka, PostgreSQL, Mosquitto; idempotent).
 2. Starts ``python -m services.<name>`` for collection, customers, workorders and readside with dev settings (the
    stack's DSNs, broker and ports; each service migrates its own database on start-up), logging to
    ``<run dir>/<name>.log``, and waits for every ``/readyz`` with a deadline.
 3. Provisions the simulator's devices, API keys, FTP partner and SOAP login with the services' own tools
-   (``ops.provision``), then starts ``python -m ops.simulator`` and prints where everything is.
+   (``stack.dev.provision``), then starts ``python -m stack.dev.simulator`` and prints where everything is.
 4. On Ctrl-C or SIGTERM: the simulator stops first, then the services get SIGTERM in the order of the data flow
    (collection and customers, then workorders, then readside), so in-flight requests finish, consumers commit
    and the outbox relays publish what they hold. Each phase has a deadline, after which a service is killed
@@ -36,7 +36,6 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from ops.provision import Credentials, customers_clients, provision
 from ops.services import (
     COLLECTION,
     CUSTOMERS,
@@ -46,11 +45,12 @@ from ops.services import (
     Service,
     ftp_enabled,
     ftp_port,
-    service_environment,
     soap_url,
 )
-from ops.simulator import SimulatorSettings, run_dir
 from stack.config import REPO, StackConfig
+from stack.dev.provision import Credentials, customers_clients, provision
+from stack.dev.simulator import SimulatorSettings, run_dir
+from stack.environment import service_environment
 from stack.process import StackError
 
 PR_SET_PDEATHSIG = 1
@@ -363,7 +363,7 @@ class Runner:
         credentials = provisioned
         credentials.save(credentials_file)
         args = [
-            "ops.simulator",
+            "stack.dev.simulator",
             f"--credentials={credentials_file}",
             f"--state={self.run_dir / 'simulator.json'}",
             f"--collection-url={COLLECTION.url(env)}",
@@ -432,8 +432,8 @@ class Runner:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ops.run [--no-simulator] [--ready-timeout S] [--stop-timeout S]``."""
-    parser = argparse.ArgumentParser(prog="python -m ops.run", description=__doc__.split("\n\n")[0])
+    """``python -m stack.dev.run [--no-simulator] [--ready-timeout S] [--stop-timeout S]``."""
+    parser = argparse.ArgumentParser(prog="python -m stack.dev.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-simulator", dest="simulator", action="store_false", help="the services only")
     parser.add_argument("--ready-timeout", type=float, default=float(os.environ.get("GRIDHUB_RUN_READY_TIMEOUT", 90)))
     parser.add_argument("--stop-timeout", type=float, default=float(os.environ.get("GRIDHUB_RUN_STOP_TIMEOUT", 30)))

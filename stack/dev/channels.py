@@ -30,7 +30,7 @@ from zeep.transports import Transport
 
 from stack.config import REPO
 
-logger = logging.getLogger("ops.simulator")
+logger = logging.getLogger("stack.dev.simulator")
 
 Reading = dict[str, Any]
 Alarm = dict[str, Any]
