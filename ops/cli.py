@@ -83,7 +83,7 @@ def device_add(
     password: Annotated[str | None, typer.Option(help="default: a new random one, printed once")] = None,
 ) -> None:
     """Let a meter publish to gridhub/meters/<meterpoint>/readings and /events."""
-    from services.collection.devices import main as devices_main
+    from services.collection.commands.devices import main as devices_main
 
     raise typer.Exit(devices_main(["add", meterpoint_id, *(["--password", password] if password else [])]))
 
@@ -91,7 +91,7 @@ def device_add(
 @device_app.command("remove")
 def device_remove(meterpoint_id: str) -> None:
     """Take a meter's credentials away (its next login is refused)."""
-    from services.collection.devices import main as devices_main
+    from services.collection.commands.devices import main as devices_main
 
     raise typer.Exit(devices_main(["remove", meterpoint_id]))
 
@@ -133,7 +133,7 @@ def ftpuser_add(
     ] = None,
 ) -> None:
     """Create a partner account: uploads into /inbox, receipts in /outbox."""
-    from services.collection.ftpusers import main as ftpusers_main
+    from services.collection.commands.ftpusers import main as ftpusers_main
 
     raise typer.Exit(ftpusers_main(["add", login, *(["--password", password] if password else [])]))
 
@@ -141,7 +141,7 @@ def ftpuser_add(
 @ftpuser_app.command("disable")
 def ftpuser_disable(login: str) -> None:
     """Lock a partner out."""
-    from services.collection.ftpusers import main as ftpusers_main
+    from services.collection.commands.ftpusers import main as ftpusers_main
 
     raise typer.Exit(ftpusers_main(["disable", login]))
 

@@ -42,7 +42,6 @@ from libs.platform.kafka import check_kafka, start_producer
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.problems import install_problem_handlers
-from services.collection import api
 from services.collection.adapters.ftpusers import (
     FTP_USERS_COMPONENT,
     FTP_USERS_MIGRATIONS,
@@ -52,11 +51,12 @@ from services.collection.adapters.ftpusers import (
 from services.collection.adapters.kafka import KafkaPublisher, Publisher
 from services.collection.adapters.lag import ConsumerLagProbe
 from services.collection.domain import ValidationRules
+from services.collection.entrypoints import api
+from services.collection.entrypoints.ftp import FtpIngress, PartnerFtpServer, PartnerUsers
+from services.collection.entrypoints.mqtt import MqttIngress
 from services.collection.filedrop import FileProcessor, Spool
-from services.collection.ftp import FtpIngress, PartnerFtpServer, PartnerUsers
 from services.collection.handlers import Pipeline
 from services.collection.metrics import CollectionMetrics
-from services.collection.mqtt import MqttIngress
 from services.collection.openapi import install_openapi
 from services.collection.settings import CollectionSettings
 

@@ -154,7 +154,7 @@ def document(settings: MqttSettings) -> dict[str, Any]:
                 "devicePassword": {
                     "type": "userPassword",
                     "description": "User name = the meterpoint id; one password per device "
-                    "(python -m services.collection.devices add <meterpoint>).",
+                    "(python -m services.collection.commands.devices add <meterpoint>).",
                 }
             },
         },

@@ -146,7 +146,7 @@ class FtpSettings(_Section):
 
 
 class DeviceSettings(_Section):
-    """Where the device registry (``python -m services.collection.devices``) keeps MQTT device credentials.
+    """Where the device registry (``python -m services.collection.commands.devices``) keeps MQTT device credentials.
 
     The broker's password file, edited with ``mosquitto_passwd``, and its PID file (``<pid> <marker>``), whose
     process gets SIGHUP to reload it. Unset: the command refuses to run. The local stack sets both

@@ -1,9 +1,9 @@
 """Dev credentials for ``make run``: MQTT devices, API keys, the FTP partner and the SOAP login of the simulator.
 
-Everything is made with the services' own tools: ``services.collection.devices`` (Mosquitto's password file),
-``python -m services.<service>.commands.apikeys`` (collection, workorders, readside) and
-``services.collection.ftpusers`` (run as commands, in parallel), the customers service's scrypt ``hash_password``
-(its ``auth`` command only asks interactively).
+Everything is made with the services' own tools: ``services.collection.commands.devices`` (Mosquitto's
+password file), ``python -m services.<service>.commands.apikeys`` (collection, workorders, readside) and
+``services.collection.commands.ftpusers`` (run as commands, in parallel), the customers service's scrypt
+``hash_password`` (its ``auth`` command only asks interactively).
 
 The credentials are kept in ``<run dir>/credentials.json`` (mode 0600, dev only, inside the git-ignored stack
 folder) and reused by the next run while they still work, so keys do not pile up and a developer's curl
@@ -177,7 +177,7 @@ async def ensure_keys(credentials: Credentials) -> Credentials:
 async def ensure_ftp_user(credentials: Credentials) -> None:
     """The simulator's FTP partner with its password (``ftpusers passwd``, or ``add`` the first time)."""
     login, password = credentials.ftp_login, credentials.ftp_password
-    module = "services.collection.ftpusers"
+    module = "services.collection.commands.ftpusers"
     code, output = await run_module(module, ["passwd", login, "--password", password])
     if code == 1 and "no FTP user" in output:
         code, output = await run_module(module, ["add", login, "--password", password])
@@ -186,8 +186,8 @@ async def ensure_ftp_user(credentials: Credentials) -> None:
 
 
 def ensure_devices(credentials: Credentials, meterpoints: Sequence[str]) -> Credentials:
-    """Let each simulated meter log in to Mosquitto with its own password (``services.collection.devices``)."""
-    from services.collection.devices import add_device
+    """Let each simulated meter log in to Mosquitto with its own password (``services.collection.commands.devices``)."""
+    from services.collection.commands.devices import add_device
 
     devices = dict(credentials.devices)
     for meterpoint in meterpoints:

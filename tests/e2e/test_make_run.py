@@ -370,7 +370,7 @@ def named(overview: dict[str, Any]) -> bool:
 
 
 def add_device(meterpoint_id: str) -> str:
-    from services.collection.devices import add_device as add
+    from services.collection.commands.devices import add_device as add
 
     return add(meterpoint_id, settings=_stack_devices())
 
@@ -388,7 +388,7 @@ def _stack_devices() -> DeviceSettings:
 def own_ftp_partner(env: dict[str, str], tag: str) -> Iterator[tuple[str, str]]:
     """An FTP partner of the test's own (the simulator's partner collects and deletes its receipts)."""
     login, password = f"e2e-{tag}", secrets.token_urlsafe(18)
-    tool = [sys.executable, "-m", "services.collection.ftpusers"]
+    tool = [sys.executable, "-m", "services.collection.commands.ftpusers"]
     env = service_environment(StackConfig(), env)  # the collection database of this stack, as stack.dev.run gave it
     added = subprocess.run([*tool, "add", login, "--password", password], env=env, capture_output=True, timeout=60)
     assert added.returncode == 0, added.stdout + added.stderr
@@ -416,7 +416,7 @@ def _alive(pid: int) -> bool:
 
 def _forget_identities(platform: Platform) -> None:
     """Remove the run's devices, disable its FTP partner and revoke its keys: nothing of it stays usable."""
-    from services.collection.devices import remove_device
+    from services.collection.commands.devices import remove_device
 
     devices = _stack_devices()
     for meterpoint in platform.devices:

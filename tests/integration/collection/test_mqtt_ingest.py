@@ -20,7 +20,7 @@ from libs.events.records import KafkaRecord
 from libs.platform.kafka import start_producer
 from services.collection.adapters.kafka import Publisher, PublishFailed
 from services.collection.app import build_parts, create_mqtt_ingress, create_publisher
-from services.collection.mqtt import MqttIngress
+from services.collection.entrypoints.mqtt import MqttIngress
 from services.collection.settings import CollectionSettings, MqttSettings
 from stack.config import StackConfig
 from tests.integration.collection.support import Device, drop_session

@@ -21,8 +21,8 @@ from libs.flowcontrol.policy import BoundaryPolicy, BulkheadSettings, QuotaSetti
 from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
 from libs.platform.problems import ProblemError
 from services.collection.adapters.kafka import PublishFailed
-from services.collection.api import read_body
 from services.collection.app import create_app
+from services.collection.entrypoints.api import read_body
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 
 METERPOINT = "571313180400000025"

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 from libs.flowcontrol.quota import Quota
 from libs.flowcontrol.testing import FakeClock
 from services.collection.adapters.ftpusers import InMemoryFtpUserStore, check_login, new_ftp_user
+from services.collection.entrypoints.ftp import PartnerUser, PartnerUsers, escapes_home
 from services.collection.filedrop import Spool
-from services.collection.ftp import PartnerUser, PartnerUsers, escapes_home
 from services.collection.metrics import CollectionMetrics
 
 ROOT = PurePosixPath("/")

@@ -23,9 +23,9 @@ from libs.flowcontrol.quota import Quota
 from libs.flowcontrol.testing import FakeClock
 from services.collection.adapters.kafka import PublishFailed
 from services.collection.domain import Accepted, ValidationRules
+from services.collection.entrypoints.mqtt import Delivery, MqttIngress
 from services.collection.handlers import MqttMessage, Pipeline, prepare_message
 from services.collection.metrics import CollectionMetrics
-from services.collection.mqtt import Delivery, MqttIngress
 from services.collection.settings import MqttSettings
 
 METERPOINT = "571313180400000025"

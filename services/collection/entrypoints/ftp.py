@@ -1,6 +1,6 @@
 """FTP ingress: an embedded asyncio FTP server (aioftp) where partners drop reading files.
 
-- **Logins**: one account per partner (``ftp_users``, scrypt hashes; ``python -m services.collection.ftpusers``).
+- **Logins**: one account per partner (``ftp_users``, scrypt hashes; ``services.collection.commands.ftpusers``).
   Anonymous logins (``anonymous``, ``ftp``, no user) are refused. Password checks that are not cached run in a
   thread and are limited per remote address; a partner has at most ``max_connections_per_user`` sessions.
 - **Jail**: a partner sees its home as ``/`` with ``/inbox`` (upload here) and ``/outbox`` (receipts: list,

@@ -1,4 +1,6 @@
-"""Devices allowed to publish over MQTT: ``python -m services.collection.devices add <meterpoint> [--password PW]``.
+"""Devices allowed to publish over MQTT (``gridhub device`` runs this).
+
+``python -m services.collection.commands.devices add <meterpoint> [--password PW]`` or ``remove <meterpoint>``.
 
 A device logs in with its meterpoint id (GSRN-18) as user name; the broker's ACL pattern
 (``pattern write gridhub/meters/%u/readings`` and ``.../events``) lets it publish under its own meterpoint only.
@@ -79,7 +81,7 @@ def remove_device(meterpoint_id: str, *, settings: DeviceSettings | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``add <meterpoint> [--password PW]`` prints the password; ``remove <meterpoint>``."""
-    parser = argparse.ArgumentParser(prog="python -m services.collection.devices", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.collection.commands.devices", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="let a meter publish under its meterpoint")
     add.add_argument("meterpoint_id")

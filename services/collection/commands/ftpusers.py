@@ -1,4 +1,4 @@
-"""FTP partner accounts: ``python -m services.collection.ftpusers add <login> [--password PW]``.
+"""FTP partner accounts: ``python -m services.collection.commands.ftpusers add <login> [--password PW]``.
 
 Accounts live in the service's own database (table ``ftp_users``, scrypt hashes); a generated password is
 printed once. ``passwd`` sets a new password (and enables a disabled account), ``disable`` locks it out (open
@@ -60,7 +60,7 @@ async def _run(args: argparse.Namespace, settings: CollectionSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``add <login> [--password PW]``, ``passwd <login> [--password PW]``, ``disable <login>``."""
-    parser = argparse.ArgumentParser(prog="python -m services.collection.ftpusers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.collection.commands.ftpusers", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="create a partner account")
     add.add_argument("login", help="1-63 of a-z, 0-9, '.', '_', '-', e.g. hes-north")
