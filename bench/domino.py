@@ -70,8 +70,8 @@ from libs.flowcontrol.breaker import BreakerState, WindowType
 from libs.flowcontrol.policy import BoundaryPolicy, BreakerSettings
 from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
 from services.customers.domain import Address, Contact, Customer, CustomerDetails, MeterpointHolder, MeterpointLink
-from services.customers.soap_codec import encode_holder
-from services.customers.soap_xml import response_envelope
+from services.customers.entrypoints.soap_codec import encode_holder
+from services.customers.entrypoints.soap_xml import response_envelope
 from services.workorders.app import create_app
 from services.workorders.settings import Boundaries, WorkordersSettings
 from stack.config import StackConfig

@@ -69,7 +69,7 @@ class KeyService(StrEnum):
 DEFAULT_ROLES = {KeyService.collection: Role.WRITE, KeyService.workorders: Role.WRITE, KeyService.readside: Role.READ}
 CUSTOMERS_LOGINS = (
     "customers authenticates client systems with HTTP Basic, not API keys: run "
-    "`python -m services.customers.auth <client>` and add the printed entry to CUSTOMERS_CLIENTS."
+    "`python -m services.customers.commands.auth <client>` and add the printed entry to CUSTOMERS_CLIENTS."
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 

@@ -1,28 +1,22 @@
-"""Run the customers service: ``python -m services.customers`` (settings from ``CUSTOMERS_*`` variables)."""
+"""``python -m services.customers``: the SOAP 1.1 endpoint and the in-process outbox relay (uvicorn).
+
+Configuration comes from ``CUSTOMERS_*`` variables (see settings.py and README.md). SIGTERM stops the relay
+cleanly (it publishes what is committed first); a relay that dies stops the process with exit 1.
+"""
 
 from __future__ import annotations
 
-import uvicorn
+import sys
 
-from libs.platform.logging import configure_logging
-from services.customers.app import build_app
+from libs.platform.serve import serve
+from services.customers.app import create_app
 from services.customers.settings import CustomersSettings
 
 
-def main() -> None:
-    settings = CustomersSettings()
-    configure_logging(settings.service_name, settings.log_level)
-    uvicorn.run(
-        build_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    return serve(create_app, CustomersSettings, prog="python -m services.customers", description=__doc__, argv=argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

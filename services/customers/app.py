@@ -1,113 +1,192 @@
-"""Composition root of the customers service: builds the pool, store, SOAP endpoint, relay and HTTP app."""
+"""The composition root: builds every part of the customers service from its settings, nothing else.
+
+``create_app(settings)`` returns the ASGI app. Its lifespan opens the pool (the outbox's and the service's
+migrations applied), builds the store and the SOAP endpoint, then starts the outbox backlog watcher and, unless
+``relay_enabled`` is off, the in-process outbox relay. Each part is followed at once by the callback that stops it,
+so a failed start stops exactly what had started, in reverse order. Tests run it in process
+(``async with app.router.lifespan_context(app)``) and reach the parts through ``app.state.parts``.
+
+Kafka down: the relay keeps retrying its producer and changes wait in the outbox; only the database takes the
+replica out of readiness. A background task that dies (the relay, the backlog watcher) calls ``on_fatal``, so
+``serve`` exits and the replica is restarted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from libs.flowcontrol.clock import Clock
 from libs.flowcontrol.metrics import FlowMetrics
-from libs.flowcontrol.policy import build_boundary
+from libs.flowcontrol.policy import Boundary, build_boundary
 from libs.flowcontrol.quota import Quota
-from libs.platform.db import create_pool, postgres_readiness
+from libs.platform.database import open_database
+from libs.platform.db import postgres_readiness
 from libs.platform.health import ReadinessRegistry, health_router
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
-from libs.platform.migrations import migrate
-from libs.platform.outbox import OUTBOX_COMPONENT, OUTBOX_MIGRATIONS, OutboxMetrics, watch_outbox_backlog
+from libs.platform.outbox import (
+    OUTBOX_COMPONENT,
+    OUTBOX_MIGRATIONS,
+    OutboxMetrics,
+    run_outbox_relay,
+    watch_outbox_backlog,
+)
 from services.customers.adapters.postgres import COMPONENT, MIGRATIONS, PostgresCustomerStore
-from services.customers.adapters.relay import run_outbox_relay
 from services.customers.auth import ClientAuthenticator
+from services.customers.entrypoints.soap import SoapEndpoint, soap_router
 from services.customers.settings import CustomersSettings
-from services.customers.soap import SoapEndpoint, soap_router
 
-SOAP_BOUNDARY = "soap_ingress"
+logger = logging.getLogger(__name__)
+
+OnFatal = Callable[[BaseException], object]
 
 
-async def open_database(settings: CustomersSettings) -> asyncpg.Pool[Any]:
-    """The service's pool, with the outbox's and the service's migrations applied."""
-    pool = await create_pool(
-        settings.postgres_dsn.get_secret_value(),
-        min_size=settings.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
-        command_timeout=settings.db_command_timeout,
-        schema=settings.postgres_schema,
-        application_name=settings.service_name,
+@dataclass
+class Parts:
+    """What the bootstrap built and, once started, what runs; tests reach it through ``app.state.parts``."""
+
+    settings: CustomersSettings
+    registry: CollectorRegistry
+    soap_ingress: Boundary
+    authenticator: ClientAuthenticator
+    outbox_metrics: OutboxMetrics
+    readiness: ReadinessRegistry = field(default_factory=ReadinessRegistry)
+    pool: asyncpg.Pool[Any] | None = None
+    store: PostgresCustomerStore | None = None
+    endpoint: SoapEndpoint | None = None
+    backlog: asyncio.Task[None] | None = None
+    relay: asyncio.Task[None] | None = None
+    # Set when stopping: the backlog watcher and the relay (which drains first) return.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Every started part's stop callback, in start order; closing it stops them in reverse.
+    exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    async def stop(self) -> None:
+        """Stop the relay (it drains what is committed first) and the backlog watcher, then close the pool."""
+        await self.exits.aclose()
+
+
+def build_parts(
+    settings: CustomersSettings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
+) -> Parts:
+    """The SOAP boundary, the authenticator and the metrics (no I/O)."""
+    registry = REGISTRY if registry is None else registry
+    soap_ingress = build_boundary(
+        "soap_ingress", settings.boundaries.soap_ingress, clock=clock, metrics=FlowMetrics.for_registry(registry)
     )
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn, OUTBOX_COMPONENT, OUTBOX_MIGRATIONS)
-            await migrate(conn, COMPONENT, MIGRATIONS)
-    except BaseException:
-        await pool.close()
-        raise
-    return pool
-
-
-def build_app(settings: CustomersSettings, *, registry: CollectorRegistry = REGISTRY) -> FastAPI:
-    """The ASGI app; the pool, the SOAP endpoint and the relay start in its lifespan."""
-    readiness = ReadinessRegistry()
-    boundary = build_boundary(SOAP_BOUNDARY, settings.soap_ingress, metrics=FlowMetrics.for_registry(registry))
     attempts = settings.auth_attempts
     authenticator = ClientAuthenticator(
         settings.clients,
-        Quota(attempts.rate, attempts.burst, idle_ttl=attempts.idle_ttl, max_keys=attempts.max_keys),
+        Quota(attempts.rate, attempts.burst, idle_ttl=attempts.idle_ttl, max_keys=attempts.max_keys, clock=clock),
     )
+    return Parts(settings, registry, soap_ingress, authenticator, OutboxMetrics.for_registry(registry))
+
+
+async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
+    """Start every part, pushing each one's stop callback on ``parts.exits`` right after it started."""
+    settings, exits = parts.settings, parts.exits
+    parts.stopping = asyncio.Event()
+    parts.pool = pool = await open_database(settings, [(OUTBOX_COMPONENT, OUTBOX_MIGRATIONS), (COMPONENT, MIGRATIONS)])
+    exits.push_async_callback(pool.close)
+    parts.readiness.add(postgres_readiness(pool))
+    parts.store = store = PostgresCustomerStore(
+        pool,
+        topic=settings.events_topic,
+        source=settings.event_source,
+        acquire_timeout=settings.postgres_acquire_timeout,
+    )
+    parts.endpoint = SoapEndpoint(
+        store=store,
+        authenticator=parts.authenticator,
+        boundary=parts.soap_ingress,
+        max_body_bytes=settings.max_body_bytes,
+        max_depth=settings.max_xml_depth,
+    )
+    parts.backlog = _background(
+        parts, watch_outbox_backlog(pool, parts.outbox_metrics, parts.stopping), "outbox-backlog", on_fatal
+    )
+    if settings.relay_enabled:
+        relay = run_outbox_relay(
+            pool,
+            settings.kafka_bootstrap_servers,
+            client_id=f"{settings.service_name}-outbox",
+            stop=parts.stopping,
+            poll_interval=settings.relay_poll_interval,
+            batch_size=settings.relay_batch_size,
+        )
+        parts.relay = _background(parts, relay, "outbox-relay", on_fatal)
+
+
+def create_app(
+    settings: CustomersSettings,
+    *,
+    on_fatal: OnFatal | None = None,
+    registry: CollectorRegistry = REGISTRY,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """The customers service as an ASGI app: the lifespan starts the pool, the endpoint and the relay."""
+    parts = build_parts(settings, registry=registry, clock=clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await open_database(settings)
-        app.state.pool = pool
-        readiness.add(postgres_readiness(pool))
-        store = PostgresCustomerStore(
-            pool,
-            topic=settings.events_topic,
-            source=settings.event_source,
-            acquire_timeout=settings.db_acquire_timeout,
-        )
-        app.state.soap_endpoint = SoapEndpoint(
-            store=store,
-            authenticator=authenticator,
-            boundary=boundary,
-            max_body_bytes=settings.max_body_bytes,
-            max_depth=settings.max_xml_depth,
-        )
-        stop = asyncio.Event()
-        backlog = asyncio.create_task(
-            watch_outbox_backlog(pool, OutboxMetrics.for_registry(registry), stop), name="outbox-backlog"
-        )
-        relay: asyncio.Task[None] | None = None
-        if settings.relay_enabled:
-            relay = asyncio.create_task(
-                run_outbox_relay(
-                    pool,
-                    settings.kafka_bootstrap_servers,
-                    client_id=f"{settings.service_name}-outbox",
-                    stop=stop,
-                    poll_interval=settings.relay_poll_interval,
-                    batch_size=settings.relay_batch_size,
-                ),
-                name="outbox-relay",
-            )
-        try:
-            yield
-        finally:
-            stop.set()
-            await backlog
-            if relay is not None:
-                await relay
-            await pool.close()
+        async with parts.exits:
+            await start(parts, on_fatal=on_fatal)
+            app.state.pool = parts.pool
+            app.state.soap_endpoint = parts.endpoint
+            try:
+                yield
+            finally:
+                app.state.soap_endpoint = None
 
     app = FastAPI(title="GridHub customers", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
-    app.include_router(health_router(readiness))
+    app.state.parts = parts
+    app.state.readiness = parts.readiness
+    app.include_router(health_router(parts.readiness))
     app.include_router(soap_router(settings.soap_path))
     if settings.metrics_enabled:
         mount_metrics(app, registry=registry)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
     app.add_middleware(CorrelationIdMiddleware)
     return app
+
+
+def _background(
+    parts: Parts, work: Coroutine[Any, Any, None], name: str, on_fatal: OnFatal | None
+) -> asyncio.Task[None]:
+    """Run ``work`` as a task that stops with ``parts.stopping``; its death (an error) is reported to ``on_fatal``."""
+    task = asyncio.create_task(work, name=name)
+    task.add_done_callback(_on_end(on_fatal))
+    parts.exits.push_async_callback(_stop, parts.stopping, task)
+    return task
+
+
+def _on_end(on_fatal: OnFatal | None) -> Callable[[asyncio.Task[None]], None]:
+    def ended(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        logger.error("%s stopped", task.get_name(), exc_info=error)
+        if on_fatal is not None:
+            on_fatal(error)
+
+    return ended
+
+
+async def _stop(stopping: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Ask the task to return (the relay drains first) and wait for it; one that died was already reported."""
+    stopping.set()
+    with contextlib.suppress(Exception):
+        await task
+
+
+__all__ = ["Parts", "build_parts", "create_app", "start"]

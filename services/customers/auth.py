@@ -6,7 +6,7 @@ because people may choose these passwords, so a leaked hash must be slow to gues
 lives only in memory. Uncached checks (first call, wrong passwords, unknown clients) run in a thread and are
 limited per remote address by a quota, so guessing, or burning our CPU with bad passwords, is refused early.
 
-Make a hash: ``python -m services.customers.auth`` (reads the password from the terminal).
+Make a hash: ``python -m services.customers.commands.auth <client>`` (reads the password from the terminal).
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import getpass
 import hashlib
 import hmac
 import re
 import secrets
-import sys
 from collections.abc import Mapping
 
 from libs.flowcontrol.errors import QuotaExceeded
@@ -49,7 +47,7 @@ def check_hash_format(encoded: str) -> str:
     try:
         return passwords.check_hash_format(encoded)
     except ValueError as error:
-        raise ValueError(f"{error} (make one with python -m services.customers.auth)") from None
+        raise ValueError(f"{error} (make one with python -m services.customers.commands.auth)") from None
 
 
 def parse_basic(authorization: str | None) -> tuple[str, str] | None:
@@ -103,18 +101,3 @@ class ClientAuthenticator:
             remembered.clear()
         remembered.add(token)
         return client
-
-
-def main() -> None:
-    """Print the settings entry for a client system: ``"<client>": "<hash>"``."""
-    client = sys.argv[1] if len(sys.argv) > 1 else input("client system name: ")
-    if not CLIENT_NAME.fullmatch(client):
-        raise SystemExit("client names are 1-64 letters, digits, '.', '_' or '-'")
-    password = getpass.getpass(f"password for {client}: ")
-    if len(password) < 16:
-        raise SystemExit("use a generated password of at least 16 characters")
-    print(f'"{client}": "{hash_password(password)}"')
-
-
-if __name__ == "__main__":
-    main()

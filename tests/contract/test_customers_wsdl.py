@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,10 +15,11 @@ import pytest
 import zeep
 from lxml import etree
 
+import services.customers
 from libs.events import with_check_digit
+from services.customers.entrypoints.soap_codec import WSDL_PATH, load_request_schema
 from services.customers.settings import DEV_CLIENTS
-from services.customers.soap_codec import WSDL_PATH, load_request_schema
-from services.customers.testing import ServiceProcess, fault_detail, person, soap_service
+from tests.integration.customers.support import ServiceProcess, fault_detail, person, soap_service
 
 pytestmark = [pytest.mark.postgres]
 
@@ -40,8 +42,8 @@ async def service(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         "CUSTOMERS_POSTGRES_DSN": pg_dsn,
         "CUSTOMERS_POSTGRES_SCHEMA": schema,
         "CUSTOMERS_RELAY_ENABLED": "false",
-        "CUSTOMERS_DB_COMMAND_TIMEOUT": "1.0",
-        "CUSTOMERS_SOAP_INGRESS": json.dumps(policy),
+        "CUSTOMERS_POSTGRES_COMMAND_TIMEOUT": "1.0",
+        "CUSTOMERS_BOUNDARIES__SOAP_INGRESS": json.dumps(policy),
         "CUSTOMERS_CLIENTS": json.dumps(DEV_CLIENTS),
     }
     process = ServiceProcess(env, tmp_path_factory.mktemp("customers") / "service.log")
@@ -53,6 +55,13 @@ async def service(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         process.stop()
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()
+
+
+def test_the_service_serves_the_committed_wsdl_found_relative_to_its_package() -> None:
+    # The wheel carries contracts/ beside the packages (pyproject.toml), so this path holds when installed too.
+    package = Path(services.customers.__file__).resolve().parent
+    assert package.parents[1] / "contracts" / "wsdl" / "customers.wsdl" == WSDL_PATH
+    assert WSDL_PATH.is_file()
 
 
 def test_the_served_wsdl_is_the_committed_one(service: ServiceProcess) -> None:

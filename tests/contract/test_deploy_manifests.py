@@ -26,9 +26,9 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 from pydantic_settings import BaseSettings
 
 from libs.events import topics
+from libs.platform.passwords import hash_password
 from libs.platform.settings import SHARED_ENV
 from services.collection.settings import CollectionSettings
-from services.customers.auth import hash_password
 from services.customers.settings import CustomersSettings
 from services.readside.settings import ReadsideSettings
 from services.workorders.settings import WorkordersSettings

@@ -1,1 +1,1 @@
-"""Adapters of the customers service: the PostgreSQL store and the outbox relay's Kafka side."""
+"""The customers service's way out: the PostgreSQL store (state and outbox in one transaction)."""

@@ -13,7 +13,7 @@ import zeep
 
 from libs.events import with_check_digit
 from services.customers.settings import CustomersSettings
-from services.customers.testing import fault_detail, in_process_soap, person, running_app
+from tests.integration.customers.support import fault_detail, in_process_soap, person, running_app
 
 pytestmark = [pytest.mark.postgres]
 

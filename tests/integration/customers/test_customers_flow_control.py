@@ -11,8 +11,8 @@ import pytest
 import zeep
 
 from libs.flowcontrol.policy import BoundaryPolicy, BulkheadSettings, QuotaSettings, RateSettings
-from services.customers.settings import CustomersSettings
-from services.customers.testing import dev_password, fault_detail, in_process_soap, person, running_app
+from services.customers.settings import Boundaries, CustomersSettings
+from tests.integration.customers.support import dev_password, fault_detail, in_process_soap, person, running_app
 
 pytestmark = [pytest.mark.postgres]
 
@@ -38,7 +38,7 @@ async def test_a_client_over_its_quota_gets_server_busy_with_retry_after(
     policy = BoundaryPolicy(
         quota=QuotaSettings(rate=100, burst=100, overrides={"billing": RateSettings(rate=0.2, burst=2)})
     )
-    async with running_app(settings_for(soap_ingress=policy)) as app:
+    async with running_app(settings_for(boundaries=Boundaries(soap_ingress=policy))) as app:
         async with in_process_soap(app) as billing, in_process_soap(app, "customer-centre") as centre:
             await billing.FindCustomers(name="Hansen")
             await billing.FindCustomers(name="Hansen")
@@ -60,7 +60,10 @@ async def test_a_full_bulkhead_answers_server_busy_at_once(
     settings_for: Callable[..., CustomersSettings], pg_dsn: str, pg_schema: str
 ) -> None:
     policy = BoundaryPolicy(bulkhead=BulkheadSettings(max_concurrent=1, max_wait=0, retry_after=2))
-    async with running_app(settings_for(soap_ingress=policy)) as app, in_process_soap(app) as soap:
+    async with (
+        running_app(settings_for(boundaries=Boundaries(soap_ingress=policy))) as app,
+        in_process_soap(app) as soap,
+    ):
         customer = await soap.RegisterCustomer(**person())
         blocker = await asyncpg.connect(pg_dsn, server_settings={"search_path": pg_schema})
         try:
@@ -96,7 +99,7 @@ async def test_a_full_bulkhead_answers_server_busy_at_once(
 async def test_a_slow_database_gives_server_unavailable(
     settings_for: Callable[..., CustomersSettings], pg_dsn: str, pg_schema: str
 ) -> None:
-    async with running_app(settings_for(db_command_timeout=0.5)) as app, in_process_soap(app) as soap:
+    async with running_app(settings_for(postgres_command_timeout=0.5)) as app, in_process_soap(app) as soap:
         blocker = await asyncpg.connect(pg_dsn, server_settings={"search_path": pg_schema})
         try:
             async with blocker.transaction():

@@ -24,7 +24,7 @@ from services.customers import handlers
 from services.customers.adapters.postgres import PostgresCustomerStore
 from services.customers.domain import DetailsInput, RegisterCustomer, validate_details
 from services.customers.settings import CustomersSettings
-from services.customers.testing import (
+from tests.integration.customers.support import (
     ServiceProcess,
     in_process_soap,
     person,

@@ -13,7 +13,7 @@ import pytest
 import zeep
 from lxml import etree
 
-from services.customers.testing import ServiceProcess, dev_password, fault_detail, person, soap_service
+from tests.integration.customers.support import ServiceProcess, dev_password, fault_detail, person, soap_service
 
 pytestmark = [pytest.mark.postgres]
 

@@ -17,8 +17,9 @@ from services.customers.auth import (
     parse_basic,
     verify_password,
 )
+from services.customers.commands import auth as auth_command
 from services.customers.settings import DEV_CLIENTS, CustomersSettings
-from services.customers.testing import dev_password
+from tests.integration.customers.support import dev_password
 
 PROD_HASH = hash_password("a-real-generated-password-123456")
 
@@ -85,3 +86,23 @@ def test_client_credentials_must_be_scrypt_hashes() -> None:
         CustomersSettings(clients={"billing": "plain-text-password"})
     with pytest.raises(ValidationError, match="scrypt parameters"):
         CustomersSettings(clients={"billing": "scrypt$1024$8$1$YWJj$YWJj"})
+
+
+def test_the_auth_command_prints_a_settings_entry_with_a_verifiable_hash(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = "a-generated-password-0123456789"
+    monkeypatch.setattr(auth_command.getpass, "getpass", lambda prompt: password)
+    assert auth_command.main(["billing"]) == 0
+    client, _, encoded = capsys.readouterr().out.strip().partition(": ")
+    assert client == '"billing"'
+    assert verify_password(password, encoded.strip('"'))
+    assert CustomersSettings(clients={"billing": encoded.strip('"')}).clients.keys() == {"billing"}
+
+
+def test_the_auth_command_refuses_short_passwords_and_bad_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_command.getpass, "getpass", lambda prompt: "too-short")
+    with pytest.raises(SystemExit, match="at least 16"):
+        auth_command.main(["billing"])
+    with pytest.raises(SystemExit, match="client names"):
+        auth_command.main(["bad name"])

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from services.customers.soap import SoapEndpoint
-from services.customers.soap_xml import SoapFault
+from services.customers.entrypoints.soap import SoapEndpoint
+from services.customers.entrypoints.soap_xml import SoapFault
 
 
 async def test_a_caller_that_disconnects_mid_request_gets_a_client_fault() -> None:

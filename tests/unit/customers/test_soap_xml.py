@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from services.customers import soap_codec
 from services.customers.domain import (
     Address,
     Contact,
@@ -21,7 +20,8 @@ from services.customers.domain import (
     MeterpointHolder,
     MeterpointLink,
 )
-from services.customers.soap_xml import (
+from services.customers.entrypoints import soap_codec
+from services.customers.entrypoints.soap_xml import (
     SOAP_ENV,
     TNS,
     FaultViolation,

@@ -22,18 +22,18 @@ from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from lxml import etree
+from lxml import etree  # type: ignore[import-untyped]
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from libs.flowcontrol.errors import BulkheadFull, QuotaExceeded, Refused
 from libs.flowcontrol.policy import Boundary
 from libs.platform.logging import get_correlation_id
-from services.customers import handlers, soap_codec
+from services.customers import handlers
 from services.customers.auth import AuthenticationFailed, ClientAuthenticator
 from services.customers.domain import Conflict, DomainError, InvalidRequest, NotFound
-from services.customers.handlers import CustomerStore, StoreUnavailable
-from services.customers.soap_xml import (
+from services.customers.entrypoints import soap_codec
+from services.customers.entrypoints.soap_xml import (
     CONTENT_TYPE,
     TNS,
     FaultViolation,
@@ -44,6 +44,7 @@ from services.customers.soap_xml import (
     parse_document,
     response_envelope,
 )
+from services.customers.handlers import CustomerStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

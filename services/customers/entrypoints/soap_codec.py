@@ -1,8 +1,9 @@
 """Operation payloads to commands and results to payloads, checked against the schema in the committed WSDL.
 
-The XML Schema inside ``contracts/wsdl/customers.wsdl`` checks structure, enumerations, lengths and dates; the
-domain then checks what a schema says badly (GSRN check digits, postcodes per country, e-mail and phone) with
-messages people can act on.
+The WSDL is ``contracts/wsdl/customers.wsdl``, found relative to this package: the checkout and the wheel (which
+carries ``contracts/`` beside the packages, see pyproject.toml) lay it out alike. The XML Schema inside it checks
+structure, enumerations, lengths and dates; the domain then checks what a schema says badly (GSRN check digits,
+postcodes per country, e-mail and phone) with messages people can act on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from lxml import etree
+from lxml import etree  # type: ignore[import-untyped]
 
 from services.customers.domain import (
     DEFAULT_PAGE_SIZE,
@@ -39,9 +40,10 @@ from services.customers.domain import (
     validate_details,
     validate_meterpoint_id,
 )
-from services.customers.soap_xml import TNS
+from services.customers.entrypoints.soap_xml import TNS
 
-WSDL_PATH = Path(__file__).resolve().parents[2] / "contracts" / "wsdl" / "customers.wsdl"
+WSDL_PATH = Path(__file__).resolve().parents[3] / "contracts" / "wsdl" / "customers.wsdl"
+"""The WSDL the service validates against and serves byte for byte (``services/customers/entrypoints`` -> root)."""
 _XSD = "http://www.w3.org/2001/XMLSchema"
 _MAX_SCHEMA_VIOLATIONS = 20
 _ELEMENT_PREFIX = re.compile(r"^Element '[^']*'(, attribute '[^']*')?: ")

@@ -1,8 +1,8 @@
 """Test helpers for the customers service: the service as a real process, and zeep clients from the contract.
 
-They live in the package (like ``libs.flowcontrol.testing``) because contract, integration and e2e tests, and
-later the work orders service's tests, all need them. zeep is always built from the committed WSDL, with the
-address overridden, so the tests exercise exactly what other systems read.
+Unit, contract and integration tests import them from here (``tests.integration.customers.support``); product
+code never does. zeep is always built from the committed WSDL (contracts/wsdl/customers.wsdl, the file the service
+serves), with the address overridden, so the tests exercise exactly what other systems read.
 """
 
 # mypy: disable-error-code="no-untyped-call"
@@ -31,11 +31,11 @@ from starlette.types import ASGIApp
 from zeep.proxy import AsyncServiceProxy
 from zeep.transports import AsyncTransport, Transport
 
-from services.customers.app import build_app
+from services.customers.app import create_app
+from services.customers.entrypoints.soap_codec import WSDL_PATH
 from services.customers.settings import CustomersSettings
-from services.customers.soap_codec import WSDL_PATH
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BINDING = "{urn:gridhub:customers:v1}CustomerServiceBinding"
 FAULT_ELEMENT = "{urn:gridhub:customers:v1}CustomerServiceFault"
 
@@ -154,7 +154,7 @@ async def in_process_soap(
         yield AsyncServiceProxy(zeep_client, binding, address=f"http://customers.test{path}")
     finally:
         await http.aclose()
-        wsdl_http.close()  # noqa: ASYNC212 - it never connected (the WSDL is a local file)
+        wsdl_http.close()
 
 
 @functools.cache
@@ -174,6 +174,6 @@ def fault_detail(fault: zeep.exceptions.Fault) -> Any:
 @contextlib.asynccontextmanager
 async def running_app(settings: CustomersSettings) -> AsyncIterator[FastAPI]:
     """The app with its lifespan running (pool, migrations, relay when enabled) and a registry of its own."""
-    app = build_app(settings, registry=CollectorRegistry())
+    app = create_app(settings, registry=CollectorRegistry())
     async with app.router.lifespan_context(app):
         yield app
