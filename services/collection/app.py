@@ -12,10 +12,9 @@ system), flow control (quota -> 429, body size -> 413, bulkhead -> 503), then th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +41,7 @@ from libs.platform.kafka import check_kafka, start_producer
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.problems import install_problem_handlers
+from libs.platform.tasks import run_in_background
 from services.collection.adapters.ftpusers import (
     FTP_USERS_COMPONENT,
     FTP_USERS_MIGRATIONS,
@@ -261,17 +261,13 @@ def create_app(
             )
             if settings.mqtt.enabled:
                 parts.mqtt = create_mqtt_ingress(parts, active, clock=clock, wall_clock=wall_clock)
-                task = asyncio.create_task(parts.mqtt.run(), name="mqtt-ingress")
-                task.add_done_callback(lambda done: _ingress_ended(done, on_fatal))
-                stack.push_async_callback(_cancel, task)
+                run_in_background(stack, parts.mqtt.run(), name="mqtt-ingress", on_fatal=on_fatal)
             if settings.ftp.enabled:
                 if accounts is None:
                     assert parts.pool is not None
                     accounts = PostgresFtpUserStore(parts.pool)
                 parts.ftp = create_ftp_ingress(parts, active, accounts, clock=clock, wall_clock=wall_clock)
-                ftp_task = asyncio.create_task(parts.ftp.run(), name="ftp-ingress")
-                ftp_task.add_done_callback(lambda done: _ingress_ended(done, on_fatal))
-                stack.push_async_callback(_cancel, ftp_task)
+                run_in_background(stack, parts.ftp.run(), name="ftp-ingress", on_fatal=on_fatal)
                 await parts.ftp.wait_started(10.0)
             signal = admission_signal
             if signal is None and settings.lag_signal is not None:
@@ -282,13 +278,14 @@ def create_app(
                     topic=lag.topic,
                     interval=lag.poll_interval_seconds,
                 )
-                stack.push_async_callback(_cancel, asyncio.create_task(parts.lag_probe.run(), name="lag-probe"))
+                # Not fatal: without its probe admission keeps the last signal (logged when it dies).
+                run_in_background(stack, parts.lag_probe.run(), name="lag-probe", on_fatal=None)
                 probe = parts.lag_probe
                 signal = lag_signal(lambda: probe.lag, low=lag.low, high=lag.high)
             if signal is not None:
                 parts.admission = create_admission(parts, signal)
                 for controller in parts.admission:
-                    stack.push_async_callback(_cancel, asyncio.create_task(controller.run(), name="admission"))
+                    run_in_background(stack, controller.run(), name="admission", on_fatal=None)
             try:
                 yield
             finally:
@@ -321,24 +318,6 @@ def create_app(
     mount_metrics(app, registry=parts.registry)
     install_openapi(app, settings)
     return app
-
-
-def _ingress_ended(task: asyncio.Task[None], on_fatal: Callable[[BaseException], object] | None) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is None:
-        return
-    logger.critical("the %s stopped", task.get_name(), exc_info=error)
-    if on_fatal is not None:
-        on_fatal(error)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    # A failed ingress was logged when it ended; shutting down must not raise it again.
-    with suppress(asyncio.CancelledError, Exception):
-        await task
 
 
 __all__ = [

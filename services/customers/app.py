@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,14 +40,13 @@ from libs.platform.outbox import (
     run_outbox_relay,
     watch_outbox_backlog,
 )
+from libs.platform.tasks import OnFatal, run_in_background
 from services.customers.adapters.postgres import COMPONENT, MIGRATIONS, PostgresCustomerStore
 from services.customers.auth import ClientAuthenticator
 from services.customers.entrypoints.soap import SoapEndpoint, soap_router
 from services.customers.settings import CustomersSettings
 
 logger = logging.getLogger(__name__)
-
-OnFatal = Callable[[BaseException], object]
 
 
 @dataclass
@@ -111,8 +110,12 @@ async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
         max_body_bytes=settings.max_body_bytes,
         max_depth=settings.max_xml_depth,
     )
-    parts.backlog = _background(
-        parts, watch_outbox_backlog(pool, parts.outbox_metrics, parts.stopping), "outbox-backlog", on_fatal
+    parts.backlog = run_in_background(
+        parts.exits,
+        watch_outbox_backlog(pool, parts.outbox_metrics, parts.stopping),
+        name="outbox-backlog",
+        on_fatal=on_fatal,
+        stopping=parts.stopping,
     )
     if settings.relay_enabled:
         relay = run_outbox_relay(
@@ -123,7 +126,9 @@ async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
             poll_interval=settings.relay_poll_interval,
             batch_size=settings.relay_batch_size,
         )
-        parts.relay = _background(parts, relay, "outbox-relay", on_fatal)
+        parts.relay = run_in_background(
+            parts.exits, relay, name="outbox-relay", on_fatal=on_fatal, stopping=parts.stopping
+        )
 
 
 def create_app(
@@ -157,36 +162,6 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
     app.add_middleware(CorrelationIdMiddleware)
     return app
-
-
-def _background(
-    parts: Parts, work: Coroutine[Any, Any, None], name: str, on_fatal: OnFatal | None
-) -> asyncio.Task[None]:
-    """Run ``work`` as a task that stops with ``parts.stopping``; its death (an error) is reported to ``on_fatal``."""
-    task = asyncio.create_task(work, name=name)
-    task.add_done_callback(_on_end(on_fatal))
-    parts.exits.push_async_callback(_stop, parts.stopping, task)
-    return task
-
-
-def _on_end(on_fatal: OnFatal | None) -> Callable[[asyncio.Task[None]], None]:
-    def ended(task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        assert error is not None
-        logger.error("%s stopped", task.get_name(), exc_info=error)
-        if on_fatal is not None:
-            on_fatal(error)
-
-    return ended
-
-
-async def _stop(stopping: asyncio.Event, task: asyncio.Task[None]) -> None:
-    """Ask the task to return (the relay drains first) and wait for it; one that died was already reported."""
-    stopping.set()
-    with contextlib.suppress(Exception):
-        await task
 
 
 __all__ = ["Parts", "build_parts", "create_app", "start"]

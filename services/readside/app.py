@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from libs.platform.health import ReadinessRegistry, probe_check
 from libs.platform.kafka import kafka_readiness, start_producer
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
+from libs.platform.tasks import OnFatal, run_in_background
 from services.readside.adapters.kafka import KafkaDeadLetters, group_consumer
 from services.readside.adapters.schema import prepare_database
 from services.readside.adapters.writer import ViewWriter
@@ -47,8 +48,6 @@ from services.readside.settings import ReadsideSettings
 from services.readside.views import ViewQueries
 
 logger = logging.getLogger(__name__)
-
-OnFatal = Callable[[BaseException], object]
 
 
 @dataclass
@@ -148,9 +147,7 @@ async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
         max_records=settings.max_records,
         poll_timeout_ms=settings.poll_timeout_ms,
     )
-    parts.task = task = asyncio.create_task(consumer.run(), name="readside-consumer")
-    task.add_done_callback(_on_end(on_fatal))
-    exits.push_async_callback(_cancel, task)
+    parts.task = task = run_in_background(exits, consumer.run(), name="readside-consumer", on_fatal=on_fatal)
 
     async def consumer_running() -> bool:
         return not task.done()
@@ -206,27 +203,6 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
     app.add_middleware(CorrelationIdMiddleware)
     return app
-
-
-def _on_end(on_fatal: OnFatal | None) -> Callable[[asyncio.Task[None]], None]:
-    def ended(task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        assert error is not None
-        logger.error("the consumer stopped", exc_info=error)
-        if on_fatal is not None:
-            on_fatal(error)
-
-    return ended
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        return  # died on its own: already logged and reported through on_fatal
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 __all__ = ["Parts", "build_parts", "create_app", "start", "start_parts"]
