@@ -52,7 +52,7 @@ lint: deps ## ruff lint and format check
 	$(PY) ruff check .
 	$(PY) ruff format --check .
 
-typecheck: deps ## mypy --strict on libs/
+typecheck: deps ## mypy --strict on libs/, services/ and ops/
 	$(PY) mypy
 
 imports: deps ## the import contract: no service imports another, libs never import services

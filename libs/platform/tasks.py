@@ -46,14 +46,21 @@ def supervise(
     return task
 
 
-async def stop_task(task: asyncio.Task[None], stopping: asyncio.Event | None = None) -> None:
-    """Stop ``task``: set ``stopping`` and let it return, or cancel it; then wait for it.
+STOP_TIMEOUT = 10.0
+"""How long a part asked to stop by its event may take to drain before it is cancelled (within the 15 s grace)."""
+
+
+async def stop_task(
+    task: asyncio.Task[None], stopping: asyncio.Event | None = None, *, timeout: float = STOP_TIMEOUT
+) -> None:
+    """Stop ``task``: set ``stopping`` and give it ``timeout`` to return, or cancel it; then wait for it.
 
     Never raises what the task died of: that was reported when it ended, and a stop must go on to the next part.
     """
     if stopping is not None:
         stopping.set()
-    elif not task.done():
+        await asyncio.wait([task], timeout=timeout)
+    if not task.done():
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
@@ -73,4 +80,4 @@ def run_in_background(
     return task
 
 
-__all__ = ["OnFatal", "PartEnded", "run_in_background", "stop_task", "supervise"]
+__all__ = ["STOP_TIMEOUT", "OnFatal", "PartEnded", "run_in_background", "stop_task", "supervise"]

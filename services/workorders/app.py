@@ -6,6 +6,9 @@ consumers and the enricher, each switchable in settings. Tests run it in process
 (``async with app.router.lifespan_context(app)`` plus ``httpx.ASGITransport(app=app)``) and may pass their own
 customer directory, key store or clock.
 
+A background task that dies (raises, or ends while the service is not stopping) is logged and reported to
+``on_fatal``, so ``serve`` stops the server and exits 1 and the orchestrator restarts the replica.
+
 Middleware, outermost first: correlation id, request metrics, API-key identity (so the quota keys on the client
 system), flow control (quota -> 429, body size -> 413, bulkhead -> 503), then the routes.
 """
@@ -32,24 +35,30 @@ from libs.flowcontrol.clock import Clock
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.observer import Observer
 from libs.flowcontrol.policy import Boundary, build_boundaries
-from libs.platform.apikeys import KeyStore, set_key_store
+from libs.platform.apikeys import KeyStore, KeyStoreSlot, set_key_store
 from libs.platform.apikeys_asgi import ApiKeyMiddleware, CachedKeyStore
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
-from libs.platform.db import check_postgres, create_pool
+from libs.platform.database import Migrations, open_database
+from libs.platform.db import check_postgres
 from libs.platform.health import ReadinessRegistry, health_router, probe_check
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
-from libs.platform.migrations import migrate
-from libs.platform.outbox import OUTBOX_COMPONENT, OUTBOX_MIGRATIONS, OutboxMetrics, watch_outbox_backlog
+from libs.platform.outbox import (
+    OUTBOX_COMPONENT,
+    OUTBOX_MIGRATIONS,
+    OutboxMetrics,
+    run_outbox_relay,
+    watch_outbox_backlog,
+)
 from libs.platform.problems import install_problem_handlers
-from services.workorders import api
-from services.workorders.adapters.apikeys import GuardedKeyStore, KeyStoreSlot, LenientKeyStore
+from libs.platform.tasks import supervise
+from services.workorders.adapters.apikeys import GuardedKeyStore, LenientKeyStore
 from services.workorders.adapters.customers_soap import SoapCustomerDirectory
 from services.workorders.adapters.database import Database
-from services.workorders.adapters.kafka import run_outbox_relay
 from services.workorders.adapters.postgres import COMPONENT, MIGRATIONS, PostgresWorkOrderStore
-from services.workorders.consumers import run_consumers, subscriptions
 from services.workorders.domain import Rules
+from services.workorders.entrypoints import api
+from services.workorders.entrypoints.consumers import run_consumers, subscriptions
 from services.workorders.handlers import Context, CustomerDirectory, Now
 from services.workorders.jobs import Enricher
 from services.workorders.metrics import WorkordersMetrics
@@ -58,6 +67,15 @@ from services.workorders.settings import WorkordersSettings
 
 logger = logging.getLogger(__name__)
 _STOP_TIMEOUT = 15.0
+
+OnFatal = Callable[[BaseException], object]
+
+# In this order at start-up: the outbox's and the API keys' tables, then the service's own.
+DATABASE_MIGRATIONS: Migrations = (
+    (OUTBOX_COMPONENT, OUTBOX_MIGRATIONS),
+    (APIKEY_COMPONENT, APIKEY_MIGRATIONS),
+    (COMPONENT, MIGRATIONS),
+)
 
 
 def _utcnow() -> datetime:
@@ -93,30 +111,10 @@ def build_parts(
     return Parts(settings, registry, flow_metrics, boundaries, WorkordersMetrics(registry))
 
 
-async def open_database(settings: WorkordersSettings) -> asyncpg.Pool[Any]:
-    """The service's pool with the outbox's, the API keys' and the service's migrations applied."""
-    pool = await create_pool(
-        settings.postgres_dsn.get_secret_value(),
-        min_size=settings.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
-        command_timeout=settings.db_command_timeout,
-        schema=settings.postgres_schema,
-        application_name=settings.service_name,
-    )
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn, OUTBOX_COMPONENT, OUTBOX_MIGRATIONS)
-            await migrate(conn, APIKEY_COMPONENT, APIKEY_MIGRATIONS)
-            await migrate(conn, COMPONENT, MIGRATIONS)
-    except BaseException:
-        await pool.close()
-        raise
-    return pool
-
-
 def create_app(
     settings: WorkordersSettings,
     *,
+    on_fatal: OnFatal | None = None,
     registry: CollectorRegistry | None = None,
     customers: CustomerDirectory | None = None,
     soap_transport: httpx.AsyncBaseTransport | None = None,
@@ -126,8 +124,9 @@ def create_app(
 ) -> FastAPI:
     """The work orders service's ASGI app (see the module docstring).
 
-    ``customers`` replaces the SOAP client; ``soap_transport`` replaces only the network under it (the breaker,
-    bulkhead and timeout stay); ``key_store`` replaces the PostgreSQL API keys.
+    ``on_fatal`` is called with the error when a background task dies. ``customers`` replaces the SOAP client;
+    ``soap_transport`` replaces only the network under it (the breaker, bulkhead and timeout stay); ``key_store``
+    replaces the PostgreSQL API keys.
     """
     parts = build_parts(settings, registry=registry, clock=clock)
     keys = KeyStoreSlot()
@@ -144,7 +143,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            parts.pool = pool = await open_database(settings)
+            parts.pool = pool = await open_database(settings, DATABASE_MIGRATIONS)
             stack.push_async_callback(pool.close)
             database = _database(settings, parts)
             keys.store = key_store or CachedKeyStore(
@@ -163,7 +162,7 @@ def create_app(
                 directory = soap
             ctx = _context(settings, parts, pool, database, directory, now)
             stop = asyncio.Event()
-            _start_tasks(settings, parts, pool, ctx, stop)
+            _start_tasks(settings, parts, pool, ctx, stop, on_fatal)
             stack.push_async_callback(_stop_tasks, parts, stop)
             app.state.context = ctx
             try:
@@ -223,7 +222,7 @@ def _context(
         database,
         topic=settings.events_topic,
         source=settings.event_source,
-        acquire_timeout=settings.db_acquire_timeout,
+        acquire_timeout=settings.postgres_acquire_timeout,
     )
     rules = Rules(
         clock_tolerance=timedelta(seconds=settings.clock_tolerance_seconds),
@@ -245,12 +244,16 @@ def _context(
 
 
 def _start_tasks(
-    settings: WorkordersSettings, parts: Parts, pool: asyncpg.Pool[Any], ctx: Context, stop: asyncio.Event
+    settings: WorkordersSettings,
+    parts: Parts,
+    pool: asyncpg.Pool[Any],
+    ctx: Context,
+    stop: asyncio.Event,
+    on_fatal: OnFatal | None,
 ) -> None:
     def start(name: str, work: Callable[[], Any]) -> None:
-        task = asyncio.create_task(work(), name=name)
-        task.add_done_callback(_log_end)
-        parts.tasks[name] = task
+        # All share one stop event, so `_stop_tasks` stops them together (a failed or early end is fatal).
+        parts.tasks[name] = supervise(asyncio.create_task(work(), name=name), on_fatal, stopping=stop)
 
     if settings.relay_enabled:
         start(
@@ -295,9 +298,4 @@ async def _stop_tasks(parts: Parts, stop: asyncio.Event) -> None:
     parts.tasks.clear()
 
 
-def _log_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
-
-__all__ = ["Parts", "build_parts", "create_app", "open_database"]
+__all__ = ["DATABASE_MIGRATIONS", "Parts", "build_parts", "create_app"]

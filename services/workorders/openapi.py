@@ -1,25 +1,20 @@
-"""The REST API's OpenAPI document, generated from the code: ``python -m services.workorders.openapi [--check]``.
+"""The REST API's OpenAPI document: FastAPI's, completed by `install_openapi` (``app.openapi()`` and ``/openapi.json``).
 
-The committed file is ``contracts/openapi/workorders.json``; a contract test fails when it and the code disagree.
-FastAPI's document is completed here: the ``Problem`` schema every error answers with, the description, and the
-headers the routes read themselves (``Idempotency-Key``, ``If-Match``) marked required, as the routes enforce
-(400 / 428 rather than FastAPI's 422, so they are optional to FastAPI).
+Completed with the ``Problem`` schema every error answers with, the description, and the headers the routes read
+themselves (``Idempotency-Key``, ``If-Match``) marked required, as the routes enforce (400 / 428 rather than
+FastAPI's 422, so they are optional to FastAPI). The committed file is ``contracts/openapi/workorders.json``,
+written by ``python -m services.workorders.contracts`` (``--check`` compares, as the contract test does).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from fastapi.openapi.utils import get_openapi
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-CONTRACT = Path(__file__).resolve().parents[2] / "contracts" / "openapi" / "workorders.json"
 _REQUIRED_HEADERS = frozenset({"Idempotency-Key", "If-Match"})
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -103,42 +98,3 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def render(document: dict[str, Any]) -> bytes:
-    """The bytes of the committed file: two-space indent, final newline."""
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-def generated() -> bytes:
-    """The document as the code describes it, with the default settings."""
-    from prometheus_client import CollectorRegistry
-
-    from libs.platform.apikeys import InMemoryKeyStore
-    from services.workorders.app import create_app
-    from services.workorders.settings import WorkordersSettings
-
-    app = create_app(WorkordersSettings.defaults(), key_store=InMemoryKeyStore(), registry=CollectorRegistry())
-    return render(app.openapi())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the document, or with ``--check`` exit 1 when the committed file differs from the code."""
-    parser = argparse.ArgumentParser(prog="python -m services.workorders.openapi", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when file and code differ")
-    parser.add_argument("--out", type=Path, default=CONTRACT, help="target file (default: %(default)s)")
-    args = parser.parse_args(argv)
-    content = generated()
-    if args.check:
-        if not args.out.exists() or args.out.read_bytes() != content:
-            print(f"{args.out} differs from the code; run python -m services.workorders.openapi", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(content)
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,12 +30,10 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Boundaries(_Section):
+class Boundaries(BaseModel):
     """The flow-control policy of each boundary (the field name is the metrics label); see docs/flow-control.md."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     rest_ingress: BoundaryPolicy = BoundaryPolicy(
         # Per client system (API key): planning systems create orders in bursts, crews' apps trickle.
@@ -60,7 +58,8 @@ class Boundaries(_Section):
         timeout=3.0,
     )
     workorders_postgres: BoundaryPolicy = BoundaryPolicy(
-        # Our own database: when it fails, REST answers 503 at once and the consumers pause (never skip).
+        # Our own database: when it fails, REST answers 503 at once and the consumers pause (never skip). Opens
+        # when half of the last 5 calls (at least 2) failed or all took over 10 s; one probe after 2 s decides.
         breaker=BreakerSettings(
             failure_rate_threshold=50,
             slow_call_rate_threshold=100,
@@ -71,6 +70,8 @@ class Boundaries(_Section):
             permitted_calls_in_half_open=1,
         ),
     )
+    # Each consumer: a failing record is tried 4 times, the waits doubling from 0.2 s up to 2 s, then
+    # dead-lettered (a refused database pauses instead, see workorders_postgres); at most 4 deliveries at once.
     workorders_meter_events_consumer: BoundaryPolicy = BoundaryPolicy(
         delivery=DeliverySettings(max_attempts=4, base_backoff=0.2, max_backoff=2.0),
         bulkhead=BulkheadSettings(max_concurrent=4, retry_after=1.0),
@@ -94,13 +95,13 @@ class WorkordersSettings(ServiceSettings):
 
     service_name: str = "workorders"
     http_port: int = Field(default=8083, ge=0, le=65535)
+    # postgres_schema (unset in production; tests isolate themselves in one), postgres_pool_min_size (1) and
+    # postgres_pool_max_size (10) keep the defaults of ServiceSettings.
     postgres_dsn: SecretStr = SecretStr(DEV_POSTGRES_DSN)
-    # Tests isolate themselves in a schema of their own; production leaves it unset.
-    postgres_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    db_pool_min_size: int = Field(default=1, ge=0)
-    db_pool_max_size: PositiveInt = 10
-    db_command_timeout: PositiveFloat = 5.0
-    db_acquire_timeout: PositiveFloat = 2.0
+    # Bounds every statement: 5 s rather than the shared 10 s, as REST callers wait on it.
+    postgres_command_timeout: float = Field(default=5.0, gt=0, le=300)
+    # How long a request or a consumer waits for a free connection of the pool before it counts as an outage.
+    postgres_acquire_timeout: PositiveFloat = 2.0
 
     event_source: str = Field(default="/gridhub/workorders", pattern=r"^\S{1,256}$")
     events_topic: TopicName = topics.WORKORDERS

@@ -4,6 +4,8 @@ The key store is asked twice per request: by `ApiKeyMiddleware` (so the quota ke
 ``require_role`` in the route. A middleware sits outside the app's exception handlers, so an outage there would
 be a bare 500. Hence the middleware gets a `LenientKeyStore` (a failed lookup is "no identity yet"; the quota then
 keys on the address) and the route the `GuardedKeyStore`, whose `Refused` the app answers with 503 + Retry-After.
+The lifespan puts the guarded store into the app's `libs.platform.apikeys.KeyStoreSlot` once the pool exists; the
+middleware's lenient store wraps that slot.
 """
 
 from __future__ import annotations
@@ -16,27 +18,6 @@ from libs.platform.apikeys import ApiKeyRecord, KeyStore
 from services.workorders.adapters.database import Database
 
 logger = logging.getLogger(__name__)
-
-
-class KeyStoreSlot:
-    """The app's `KeyStore`, filled in by the lifespan: the middleware exists before the database pool does."""
-
-    def __init__(self) -> None:
-        self.store: KeyStore | None = None
-
-    async def get(self, key_id: str) -> ApiKeyRecord | None:
-        return None if self.store is None else await self.store.get(key_id)
-
-    async def add(self, record: ApiKeyRecord) -> None:
-        await self._store().add(record)
-
-    async def revoke(self, key_id: str, *, at: datetime | None = None) -> bool:
-        return await self._store().revoke(key_id, at=at)
-
-    def _store(self) -> KeyStore:
-        if self.store is None:
-            raise RuntimeError("the service has not started")
-        return self.store
 
 
 class GuardedKeyStore:

@@ -64,8 +64,8 @@ async def test_a_database_outage_gives_503_and_pauses_the_consumer_without_skipp
         postgres_dsn=through(pg_dsn, proxy),
         consumers_enabled=True,
         meter_events_topic=meter_events,
-        db_acquire_timeout=1.0,
-        db_command_timeout=2.0,
+        postgres_acquire_timeout=1.0,
+        postgres_command_timeout=2.0,
     )
     running = await start_app(settings, customers=FakeDirectory())
     headers = auth() | {"Idempotency-Key": "before-the-outage"}

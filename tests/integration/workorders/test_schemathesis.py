@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from libs.platform.apikeys import Role, generate_api_key
-from services.workorders.openapi import CONTRACT
+from services.workorders.contracts import OPENAPI
 from stack.config import REPO
 from tests.integration.workorders.support import free_port, new_meterpoint
 
@@ -49,7 +49,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-schema = schemathesis.openapi.from_path(CONTRACT)
+schema = schemathesis.openapi.from_path(OPENAPI)
 
 
 @dataclass

@@ -81,3 +81,22 @@ async def test_stopping_a_task_that_already_failed_does_not_raise_again() -> Non
         await task
     await stop_task(task)
     assert task.done()
+
+
+async def test_a_part_that_does_not_drain_in_time_is_cancelled() -> None:
+    stopping = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def stuck() -> None:
+        try:
+            await asyncio.Event().wait()  # ignores the stop event
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    task = asyncio.create_task(stuck())
+    await asyncio.sleep(0)
+    await stop_task(task, stopping, timeout=0.01)
+    assert stopping.is_set()
+    assert cancelled == [True]
+    assert task.cancelled()

@@ -16,8 +16,8 @@ from libs.flowcontrol.consumer import KafkaDelivery, Paused
 from libs.flowcontrol.delivery import DeliveryPolicy
 from services.workorders.adapters.database import Database
 from services.workorders.adapters.postgres import PostgresWorkOrderStore
-from services.workorders.consumers import meter_event_handler
 from services.workorders.domain import Rules
+from services.workorders.entrypoints.consumers import meter_event_handler
 from services.workorders.handlers import Context
 from services.workorders.settings import WorkordersSettings
 

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from libs.events import WorkOrderStatus, WorkOrderType, with_check_digit
 from libs.platform.problems import ProblemError
 from services.workorders.adapters.customers_soap import soap_failure
-from services.workorders.api import decode_cursor, encode_cursor, parse_idempotency_key, parse_if_match
 from services.workorders.domain import OpenWorkOrder
+from services.workorders.entrypoints.api import decode_cursor, encode_cursor, parse_idempotency_key, parse_if_match
 from services.workorders.handlers import ListQuery, request_hash
 from services.workorders.models import CompleteWorkOrder, CreateWorkOrder, ScheduleWorkOrder
 from services.workorders.settings import WorkordersSettings

@@ -145,7 +145,7 @@ def decode_cursor(cursor: str, query: ListQuery) -> int:
     valid = isinstance(after, int) and not isinstance(after, bool) and 1 <= after < 2**63
     if not valid or fingerprint != query.fingerprint():
         raise _bad_request("invalid_cursor", "the cursor belongs to other filters; start again without it")
-    return after
+    return int(after)
 
 
 @router.post(

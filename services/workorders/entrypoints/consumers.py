@@ -26,8 +26,8 @@ from libs.events import InvalidEvent, InvalidReason, MeterAlarmRaised, from_reco
 from libs.flowcontrol.consumer import ConsumedRecord, KafkaDelivery
 from libs.flowcontrol.observer import Observer
 from libs.flowcontrol.policy import Boundary
+from libs.platform.kafka import start_producer_retrying
 from services.workorders import handlers
-from services.workorders.adapters.kafka import start_producer_retrying
 from services.workorders.handlers import Context
 from services.workorders.settings import WorkordersSettings
 
