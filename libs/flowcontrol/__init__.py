@@ -2,7 +2,7 @@
 
 One small module per policy, each built on an injected `Clock` (tests use
 `libs.flowcontrol.testing.FakeClock`) and reporting to an optional `Observer` (Prometheus via
-`FlowMetrics`). Adapters for ASGI, FastStream, httpx, MQTT and FTP wrap these objects.
+`FlowMetrics`). Adapters for ASGI, Kafka consumers, httpx, MQTT and FTP wrap these objects.
 See docs/flow-control.md.
 """
 

@@ -1,8 +1,7 @@
 """Kafka consumer delivery: commit what is done, dead-letter what never will be, pause what cannot run now.
 
-`KafkaDelivery` applies a `DeliveryPolicy` to one consumed record at a time and is shared by the
-FastStream adapter (`libs.flowcontrol.faststream`) and services that drive aiokafka themselves
-(`KafkaDelivery.run`). Per record:
+`KafkaDelivery` applies a `DeliveryPolicy` to one consumed record at a time over a plain aiokafka
+consumer (`KafkaDelivery.run`, or `handle_batch` in a loop of one's own). Per record:
 
 - a concurrency permit (`Bulkhead` or `AdaptiveLimiter`, shared by all consumers of a service) is
   taken for the whole delivery, waiting at most `permit_wait`;

@@ -1,6 +1,6 @@
 """Ack/nack delivery for consumers: retry what may succeed, dead-letter what never will, move on.
 
-A handler signals with exceptions, as FastStream does: return normally to ack, `raise Nack(reason)`
+A handler signals with exceptions: return normally to ack, `raise Nack(reason)`
 when a retry may help, `raise Reject(reason)` when it never will. `deliver()` retries `Nack` with
 exponential backoff and jitter up to `max_attempts`, then returns a `DeadLetter`; `Reject` is
 dead-lettered at once. Either way the caller publishes the dead letter, commits, and moves on, so

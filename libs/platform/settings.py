@@ -153,5 +153,5 @@ class ServiceSettings(BaseSettings):
 
     @property
     def kafka_bootstrap_list(self) -> list[str]:
-        """The bootstrap servers as a list, the form aiokafka and FastStream take."""
+        """The bootstrap servers as a list, the form aiokafka takes."""
         return self.kafka_bootstrap_servers.split(",")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML, a FastStream dependency
+import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML
 from pydantic import TypeAdapter
 
 from services.collection.domain import AlarmInput, ReadingInput

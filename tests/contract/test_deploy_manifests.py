@@ -82,13 +82,17 @@ def test_dockerfile_builds_one_slim_non_root_image_for_every_service() -> None:
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", dockerfile, re.MULTILINE)
     assert len(re.findall(r"^FROM ", dockerfile, re.MULTILINE)) >= 3, "multi-stage: uv, build, runtime"
     assert "uv sync --frozen --no-dev" in dockerfile
-    for source in ("libs/", "services/", "contracts/"):
+    for source in ("libs/", "services/", "ops/", "contracts/"):
         assert re.search(rf"^COPY {source} {source}$", dockerfile, re.MULTILINE), f"{source} is not in the image"
     final = _final_stage(dockerfile)
     user = re.findall(r"^USER (\S+)", final, re.MULTILINE)
     assert user, "the runtime stage must switch to a non-root user"
     assert user[-1].split(":")[0] not in {"0", "root"}
     assert 'ENTRYPOINT ["python", "-m"]' in final
+    # The build starts every command once, so an image that cannot start one is never pushed.
+    assert 'python -m "services.$name" --help' in final
+    assert "for name in collection customers workorders readside;" in final
+    assert "python -m ops --help" in final
     assert "PYTHONDONTWRITEBYTECODE=1" in final, "a read-only root filesystem gets no .pyc files"
     assert "uv" not in re.findall(r"^COPY --from=(\S+)", final, re.MULTILINE), "no installer in the final image"
     assert "ADD " not in dockerfile
@@ -99,7 +103,7 @@ def test_dockerignore_lets_only_what_the_image_needs_into_the_context() -> None:
     rules = [line for line in lines if line and not line.startswith("#")]
     assert rules[0] == "*", "an allow-list: everything is excluded first"
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    assert allowed == {"pyproject.toml", "uv.lock", "libs", "services", "contracts"}
+    assert allowed == {"pyproject.toml", "uv.lock", "libs", "services", "ops", "contracts"}
 
 
 @pytest.mark.parametrize("service", sorted(SETTINGS))

@@ -1,8 +1,8 @@
 """A consumer process for test_flowcontrol_consumer: records every handled record in PostgreSQL.
 
-    python flowcontrol_consumer_process.py ADAPTER BOOTSTRAP TOPIC GROUP DSN SCHEMA HOLD_AT
+    python flowcontrol_consumer_process.py BOOTSTRAP TOPIC GROUP DSN SCHEMA HOLD_AT
 
-ADAPTER is `faststream` (DeliveryMiddleware) or `aiokafka` (KafkaDelivery.run). The handler inserts
+The consumer is `KafkaDelivery.run` over aiokafka, as in the services. The handler inserts
 (n, partition, offset, pid) into `<schema>.processed`; for record n == HOLD_AT it then writes
 `<schema>.holding` and waits forever, so the test can SIGKILL the process after the record's
 effect is written but before its offset is committed. Runs until killed.
@@ -18,12 +18,9 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from libs.flowcontrol.consumer import ConsumedRecord, KafkaDelivery
 from libs.flowcontrol.delivery import DeliveryPolicy
-from libs.flowcontrol.faststream import DeliveryMiddleware
 from libs.platform.kafka import start_producer
 
 # The broker's minimum session timeout: a killed member leaves the group as soon as Kafka allows.
@@ -32,7 +29,7 @@ GROUP_TIMEOUTS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interva
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    for name in ("adapter", "bootstrap", "topic", "group", "dsn", "schema"):
+    for name in ("bootstrap", "topic", "group", "dsn", "schema"):
         parser.add_argument(name)
     parser.add_argument("hold_at", type=int)
     args = parser.parse_args()
@@ -53,28 +50,17 @@ async def main() -> None:
             await pool.execute(f"INSERT INTO {args.schema}.holding (n, pid) VALUES ($1, $2)", n, os.getpid())
             await asyncio.Event().wait()
 
-    if args.adapter == "faststream":
-        middleware = DeliveryMiddleware(delivery)
-        broker = KafkaBroker(args.bootstrap, middlewares=[middleware], allow_auto_create_topics=False)
-
-        @broker.subscriber(args.topic, group_id=args.group, **middleware.subscriber_options(**GROUP_TIMEOUTS))
-        async def on_record(message: KafkaMessage) -> None:
-            await handle(message.raw_message)
-
-        await broker.start()
-        await asyncio.Event().wait()
-    else:
-        consumer = AIOKafkaConsumer(
-            args.topic,
-            bootstrap_servers=args.bootstrap,
-            group_id=args.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_interval_ms=int(delivery.max_poll_interval * 1000),
-            **GROUP_TIMEOUTS,
-        )
-        await consumer.start()
-        await delivery.run(consumer, handle, max_records=20)
+    consumer = AIOKafkaConsumer(
+        args.topic,
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=int(delivery.max_poll_interval * 1000),
+        **GROUP_TIMEOUTS,
+    )
+    await consumer.start()
+    await delivery.run(consumer, handle, max_records=20)
 
 
 if __name__ == "__main__":
