@@ -14,14 +14,10 @@ from collections.abc import Sequence
 from libs.platform.apikeys import Role, generate_api_key
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
 from libs.platform.database import open_database
-from libs.platform.db import create_pool
 from libs.platform.settings import ServiceSettings
 
 
 async def _run(args: argparse.Namespace, settings: ServiceSettings) -> int:
-    if settings.postgres_schema is not None:
-        # The key table may be made before the service first ran; the name is checked by the settings.
-        await _create_schema(settings)
     pool = await open_database(settings, [(APIKEY_COMPONENT, APIKEY_MIGRATIONS)], max_size=1)
     try:
         store = PostgresKeyStore(pool)
@@ -36,16 +32,6 @@ async def _run(args: argparse.Namespace, settings: ServiceSettings) -> int:
             return 0
         print(f"no key {args.key_id}", file=sys.stderr)
         return 1
-    finally:
-        await pool.close()
-
-
-async def _create_schema(settings: ServiceSettings) -> None:
-    assert settings.postgres_dsn is not None
-    assert settings.postgres_schema is not None
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), min_size=1, max_size=1)
-    try:
-        await pool.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.postgres_schema}"')
     finally:
         await pool.close()
 

@@ -23,7 +23,7 @@ async def open_database(
     application_name: str | None = None,
     max_size: int | None = None,
 ) -> asyncpg.Pool[Any]:
-    """The service's pool with ``migrations`` applied; the pool is closed again when a migration fails.
+    """The service's pool with its schema (if it names one) and ``migrations`` applied; closed again on failure.
 
     ``max_size`` overrides ``postgres_pool_max_size`` for a tool that needs one connection.
     """
@@ -40,6 +40,9 @@ async def open_database(
     )
     try:
         async with pool.acquire() as connection:
+            if settings.postgres_schema is not None:
+                # A tool may run before the service first did; the name is checked by the settings' pattern.
+                await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.postgres_schema}"')
             for component, folder in migrations:
                 await migrate(connection, component, folder)
     except BaseException:

@@ -51,7 +51,7 @@ from libs.platform.outbox import (
     watch_outbox_backlog,
 )
 from libs.platform.problems import install_problem_handlers
-from libs.platform.tasks import supervise
+from libs.platform.tasks import stop_task, supervise
 from services.workorders.adapters.apikeys import GuardedKeyStore, LenientKeyStore
 from services.workorders.adapters.customers_soap import SoapCustomerDirectory
 from services.workorders.adapters.database import Database
@@ -287,14 +287,8 @@ def _start_tasks(
 
 
 async def _stop_tasks(parts: Parts, stop: asyncio.Event) -> None:
-    stop.set()
-    tasks = list(parts.tasks.values())
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    # Together: each drains on the shared event, at most _STOP_TIMEOUT, then is cancelled (a fixed few tasks).
+    await asyncio.gather(*(stop_task(task, stop, timeout=_STOP_TIMEOUT) for task in parts.tasks.values()))
     parts.tasks.clear()
 
 

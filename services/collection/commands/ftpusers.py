@@ -12,8 +12,7 @@ import asyncio
 import secrets
 import sys
 
-from libs.platform.db import create_pool
-from libs.platform.migrations import migrate
+from libs.platform.database import open_database
 from libs.platform.passwords import hash_password
 from services.collection.adapters.ftpusers import (
     FTP_USERS_COMPONENT,
@@ -26,10 +25,8 @@ from services.collection.settings import CollectionSettings
 
 
 async def _run(args: argparse.Namespace, settings: CollectionSettings) -> int:
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), schema=settings.postgres_schema, max_size=1)
+    pool = await open_database(settings, [(FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS)], max_size=1)
     try:
-        async with pool.acquire() as connection:
-            await migrate(connection, FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS)
         store = PostgresFtpUserStore(pool)
         if args.command == "add":
             password = args.password or secrets.token_urlsafe(24)
