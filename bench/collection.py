@@ -262,7 +262,7 @@ def start_service(stack: StackConfig, run_id: str, log: Path, topic_prefix: str)
         "COLLECTION_LOG_LEVEL": "WARNING",
         "COLLECTION_FTP__ENABLED": "false",
         "COLLECTION_MQTT__HOST": stack.host,
-        "COLLECTION_MQTT__PORT": str(stack.mqtt_port),
+        "COLLECTION_MQTT__PORT": str(stack.mqtt_service_port),
         "COLLECTION_MQTT__PASSWORD": stack.password("collection"),
         "COLLECTION_MQTT__CLIENT_ID": client_id,
         "COLLECTION_MQTT__SHARE_GROUP": client_id,
@@ -316,7 +316,7 @@ def end_mqtt_session(stack: StackConfig, client_id: str) -> None:
     client.username_pw_set("collection", stack.password("collection"))
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 0
-    client.connect(stack.host, stack.mqtt_port, keepalive=5, clean_start=True, properties=properties)
+    client.connect(stack.host, stack.mqtt_service_port, keepalive=5, clean_start=True, properties=properties)
     client.loop_start()
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and not client.is_connected():

@@ -1,4 +1,4 @@
-"""``python -m stack up|down|status``: the local stack's front door (see the Makefile)."""
+"""``python -m stack up|down|status|restart mosquitto``: the local stack's front door (see the Makefile)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,11 @@ def down(config: StackConfig) -> None:
 
 def status(config: StackConfig) -> int:
     kafka, postgres, mosquitto = parts(config)
+    mqtt_ports = f"{config.host}:{config.mqtt_port},{config.mqtt_service_port}"  # devices', services'
     rows = [
         ("kafka", kafka.pid(), config.kafka_bootstrap, kafka.log_file),
         ("postgres", postgres.pid(), f"{config.host}:{config.postgres_port}", postgres.log_file),
-        ("mosquitto", mosquitto.pid(), f"{config.host}:{config.mqtt_port}", mosquitto.log_file),
+        ("mosquitto", mosquitto.pid(), mqtt_ports, mosquitto.log_file),
     ]
     for name, pid, address, log in rows:
         state = f"up (pid {pid})" if pid else "down"
@@ -73,10 +74,15 @@ def main(argv: list[str]) -> int:
             return 0
         if command == "status":
             return status(config)
+        if command == "restart" and argv[2:] == ["mosquitto"]:
+            # Only the broker (a new configuration), leaving Kafka and PostgreSQL running for everyone else.
+            Mosquitto(config).restart(config.ready_timeout)
+            write_env_file(config)
+            return status(config)
     except StackError as exc:
         print(f"stack {command} failed: {exc}", file=sys.stderr)
         return 1
-    print(f"usage: python -m stack up|down|status (not {command!r})", file=sys.stderr)
+    print(f"usage: python -m stack up|down|status|restart mosquitto (not {command!r})", file=sys.stderr)
     return 2
 
 

@@ -34,9 +34,15 @@ class StackConfig:
     kafka_port: int = field(default_factory=lambda: _env_int("GRIDHUB_KAFKA_PORT", 9092))
     kafka_controller_port: int = field(default_factory=lambda: _env_int("GRIDHUB_KAFKA_CONTROLLER_PORT", 9093))
     postgres_port: int = field(default_factory=lambda: _env_int("GRIDHUB_PG_PORT", 5432))
-    mqtt_port: int = field(default_factory=lambda: _env_int("GRIDHUB_MQTT_PORT", 1883))
+    mqtt_port: int = field(default_factory=lambda: _env_int("GRIDHUB_MQTT_PORT", 1883))  # devices' listener
+    # The services' listener (the collection's account and client id); unset: the port after the devices'.
+    mqtt_service_port: int = field(default_factory=lambda: _env_int("GRIDHUB_MQTT_SERVICE_PORT", 0))
     kafka_heap: str = field(default_factory=lambda: os.environ.get("GRIDHUB_KAFKA_HEAP", "768m"))
     ready_timeout: float = field(default_factory=lambda: float(os.environ.get("GRIDHUB_STACK_READY_TIMEOUT", "120")))
+
+    def __post_init__(self) -> None:
+        if not self.mqtt_service_port:
+            object.__setattr__(self, "mqtt_service_port", self.mqtt_port + 1)
 
     @property
     def kafka_bootstrap(self) -> str:

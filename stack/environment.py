@@ -24,7 +24,7 @@ def service_environment(config: StackConfig, base: Mapping[str, str]) -> dict[st
     broker = Mosquitto(config)
     defaults = {
         "GRIDHUB_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-        "COLLECTION_MQTT__PORT": str(config.mqtt_port),
+        "COLLECTION_MQTT__PORT": str(config.mqtt_service_port),  # the services' listener
         "COLLECTION_DEVICES__PASSWORD_FILE": str(broker.passwd),
         "COLLECTION_DEVICES__BROKER_PID_FILE": str(broker.pid_file),
         "WORKORDERS_CUSTOMERS_SOAP_URL": soap_url(env),

@@ -79,12 +79,15 @@ class MqttSettings(_Section):
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
+    # The broker's service listener (devices have no account there; their listener, 1883/8883, binds client ids
+    # to user names): docs/security.md, MQTT.
+    port: int = Field(default=1884, ge=1, le=65535)
     username: str = "collection"
     password: SecretStr = SecretStr(DEV_MQTT_PASSWORD)
     # Must be stable per replica (e.g. a StatefulSet pod name): the broker keeps the messages this client has
-    # not acknowledged in the session of this id and hands them back only to the same id.
-    client_id: str = Field(default="collection-0", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # not acknowledged in the session of this id and hands them back only to the same id. It starts with a letter,
+    # so it never equals a device's client id (the device's GSRN, all digits).
+    client_id: str = Field(default="collection-0", pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
     share_group: str = Field(default="collection", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     topic_prefix: str = Field(default="gridhub/meters", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
     keepalive_seconds: int = Field(default=30, ge=5, le=3600)

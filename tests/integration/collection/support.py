@@ -141,7 +141,7 @@ def drop_session(stack: StackConfig, client_id: str) -> None:
     client.username_pw_set("collection", stack.password("collection"))
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 0
-    client.connect(stack.host, stack.mqtt_port, keepalive=5, clean_start=True, properties=properties)
+    client.connect(stack.host, stack.mqtt_service_port, keepalive=5, clean_start=True, properties=properties)
     client.loop_start()
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and not client.is_connected():
@@ -263,7 +263,7 @@ def service_settings(stack: StackConfig, pg_dsn: str, pg_schema: str, ftp_root: 
         "postgres_schema": pg_schema,
         "mqtt": MqttSettings(
             host=stack.host,
-            port=stack.mqtt_port,
+            port=stack.mqtt_service_port,
             password=stack.password("collection"),
             client_id=f"collection-test-{suffix}",
             share_group=f"collection-test-{suffix}",

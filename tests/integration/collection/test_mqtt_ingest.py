@@ -68,7 +68,7 @@ def settings(stack: StackConfig) -> CollectionSettings:
         kafka_bootstrap_servers=stack.kafka_bootstrap,
         mqtt=MqttSettings(
             host=stack.host,
-            port=stack.mqtt_port,
+            port=stack.mqtt_service_port,
             password=stack.password("collection"),
             client_id=f"collection-test-{suffix}",
             share_group=f"collection-test-{suffix}",

@@ -35,7 +35,7 @@ def test_the_env_file_holds_the_stacks_ports_and_only_its_owner_reads_it(tmp_pat
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     values = dict(line.split("=", 1) for line in path.read_text().splitlines() if not line.startswith("#"))
     assert values["GRIDHUB_KAFKA_BOOTSTRAP"] == "127.0.0.1:19092"
-    assert values["COLLECTION_MQTT__PORT"] == "11883"
+    assert values["COLLECTION_MQTT__PORT"] == "11884"  # the services' listener, after the devices' 11883
     assert ":6543/collection" in values["COLLECTION_POSTGRES_DSN"]
     assert values["COLLECTION_DEVICES__PASSWORD_FILE"] == str(Mosquitto(config).passwd)
 
