@@ -36,6 +36,7 @@ from libs.flowcontrol.errors import (
     BufferOverflow,
     BulkheadFull,
     CallNotPermitted,
+    ClientBusy,
     FlowControlError,
     LimitExceeded,
     QuotaExceeded,
@@ -45,6 +46,7 @@ from libs.flowcontrol.errors import (
 from libs.flowcontrol.limits import AdaptiveLimiter, AIMDLimit, GradientLimit, LimitAlgorithm, Ticket
 from libs.flowcontrol.metrics import BoundaryMetrics, FlowMetrics
 from libs.flowcontrol.observer import NULL_OBSERVER, NullObserver, Observer
+from libs.flowcontrol.perclient import PerClientLimit
 from libs.flowcontrol.policy import (
     AdmissionSettings,
     Boundary,
@@ -54,6 +56,7 @@ from libs.flowcontrol.policy import (
     BulkheadSettings,
     DeliverySettings,
     LimiterSettings,
+    PerClientSettings,
     QuotaSettings,
     RateSettings,
     ThrottleSettings,
@@ -86,6 +89,7 @@ __all__ = [
     "BulkheadSettings",
     "CallNotPermitted",
     "CircuitBreaker",
+    "ClientBusy",
     "Clock",
     "CountWindow",
     "DeadLetter",
@@ -104,6 +108,8 @@ __all__ = [
     "Observer",
     "Offer",
     "OverflowStrategy",
+    "PerClientLimit",
+    "PerClientSettings",
     "Permit",
     "Quota",
     "QuotaDecision",

@@ -13,6 +13,7 @@ __all__ = [
     "BufferOverflow",
     "BulkheadFull",
     "CallNotPermitted",
+    "ClientBusy",
     "FlowControlError",
     "LimitExceeded",
     "QuotaExceeded",
@@ -51,6 +52,12 @@ class BulkheadFull(Refused):
     """No bulkhead permit became free within the max wait."""
 
     reason = "bulkhead_full"
+
+
+class ClientBusy(Refused):
+    """One client already has as many calls in flight as it may (`PerClientLimit`)."""
+
+    reason = "client_busy"
 
 
 class LimitExceeded(Refused):

@@ -28,6 +28,7 @@ from libs.flowcontrol.delivery import DeliveryPolicy
 from libs.flowcontrol.limits import AdaptiveLimiter, AIMDLimit, GradientLimit, LimitAlgorithm
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.observer import NULL_OBSERVER, Observer
+from libs.flowcontrol.perclient import PerClientLimit
 from libs.flowcontrol.quota import Quota, Rate
 from libs.flowcontrol.throttle import Throttle
 
@@ -40,6 +41,7 @@ __all__ = [
     "BulkheadSettings",
     "DeliverySettings",
     "LimiterSettings",
+    "PerClientSettings",
     "QuotaSettings",
     "RateSettings",
     "ThrottleSettings",
@@ -89,6 +91,14 @@ class BulkheadSettings(_Settings):
     max_concurrent: Count
     max_wait: NonNegative = 0.0
     max_waiting: Count | None = None
+    retry_after: NonNegative = 1.0
+
+
+class PerClientSettings(_Settings):
+    """Calls in flight per client key (`PerClientLimit`), checked before the bulkhead or limiter."""
+
+    max_per_client: Count
+    max_clients: Count = 10_000
     retry_after: NonNegative = 1.0
 
 
@@ -152,12 +162,16 @@ class AdmissionSettings(_Settings):
 class BoundaryPolicy(_Settings):
     """Everything one boundary uses; leave a policy out to not use it.
 
-    `timeout` (seconds per call) and `max_body_bytes` (413 / max file size) are read by adapters.
+    `timeout` (seconds per call) and `max_body_bytes` (413 / max file size) are read by adapters, and so are
+    `body_timeout` and `min_body_rate`: a request body gets `body_timeout` seconds plus one second per
+    `min_body_rate` bytes received to arrive in full (408 otherwise), so a client trickling its body cannot
+    hold a permit for long, while a large body at a decent rate always fits.
     """
 
     quota: QuotaSettings | None = None
     throttle: ThrottleSettings | None = None
     bulkhead: BulkheadSettings | None = None
+    per_client: PerClientSettings | None = None
     limiter: LimiterSettings | None = None
     buffer: BufferSettings | None = None
     breaker: BreakerSettings | None = None
@@ -165,6 +179,8 @@ class BoundaryPolicy(_Settings):
     admission: AdmissionSettings | None = None
     timeout: Positive | None = None
     max_body_bytes: Count | None = None
+    body_timeout: Positive | None = None
+    min_body_rate: Positive | None = None
 
 
 @dataclass
@@ -178,6 +194,7 @@ class Boundary:
     quota: Quota | None = None
     throttle: Throttle | None = None
     bulkhead: Bulkhead | None = None
+    per_client: PerClientLimit | None = None
     limiter: AdaptiveLimiter | None = None
     breaker: CircuitBreaker | None = None
     delivery: DeliveryPolicy | None = None
@@ -266,6 +283,13 @@ def build_boundary(
             retry_after=bulkhead.retry_after,
             clock=clock,
             observer=observer_of("bulkhead"),
+        )
+    if (per_client := policy.per_client) is not None:
+        boundary.per_client = PerClientLimit(
+            per_client.max_per_client,
+            max_clients=per_client.max_clients,
+            retry_after=per_client.retry_after,
+            observer=observer_of("per_client"),
         )
     if (limiter := policy.limiter) is not None:
         boundary.limiter = AdaptiveLimiter(

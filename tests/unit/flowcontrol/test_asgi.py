@@ -411,3 +411,75 @@ def test_ratelimit_headers_follow_the_ietf_draft(clock: FakeClock) -> None:
         b"ratelimit-policy": b'"ingress";q=100;w=2',
         b"ratelimit": b'"ingress";r=99;t=1',
     }
+
+
+async def _trickle(app: object, scope_path: str, chunks: int, clock: FakeClock, step: float) -> list[Message]:
+    """Drive `app` with a body that sends one byte every `step` seconds of fake time; return what it sent."""
+    sent: list[Message] = []
+    sent_chunks = 0
+
+    async def receive() -> Message:
+        nonlocal sent_chunks
+        await clock.sleep(step)
+        sent_chunks += 1
+        return {"type": "http.request", "body": b"x", "more_body": sent_chunks < chunks}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": scope_path, "headers": [], "client": ("10.0.0.1", 1)}
+    task = asyncio.create_task(app(scope, receive, send))  # type: ignore[operator]
+    while not task.done():
+        await clock.advance(step)
+    await task
+    return sent
+
+
+async def test_a_trickled_body_is_cut_off_with_408_and_its_permit_released(clock: FakeClock) -> None:
+    bulkhead = Bulkhead(1, clock=clock)
+    inner = BodyCounter()
+    app = FlowControlMiddleware(inner, bulkhead=bulkhead, body_timeout=5.0, min_body_rate=100.0, clock=clock)
+    sent = await _trickle(app, "/v1/readings", chunks=60, clock=clock, step=1.0)
+    start = sent[0]
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    body = orjson.loads(sent[1]["body"])
+    assert body["reason"] == "body_timeout"
+    assert bulkhead.in_flight == 0
+    # One byte per second earns 0.01 s per byte: cut off at ~5 s, long before the 60 s the body would take.
+    assert clock.now() < 1_000.0 + 7.0
+
+
+async def test_a_body_at_a_decent_rate_outlasts_body_timeout(clock: FakeClock) -> None:
+    inner = BodyCounter()
+    app = FlowControlMiddleware(inner, body_timeout=1.0, min_body_rate=1.0, clock=clock)
+    # One byte every 0.5 s for 10 s: twice the floor rate, so the allowance keeps ahead.
+    sent = await _trickle(app, "/v1/readings", chunks=20, clock=clock, step=0.5)
+    assert sent[0]["status"] == 200
+    assert orjson.loads(sent[1]["body"]) == {"size": 20}
+
+
+async def test_a_client_over_its_in_flight_cap_gets_429_while_another_passes(clock: FakeClock) -> None:
+    from libs.flowcontrol.perclient import PerClientLimit
+
+    inner = BodyCounter()
+    inner.gate = asyncio.Event()
+    per_client = PerClientLimit(2, retry_after=2.0)
+    app = FlowControlMiddleware(inner, per_client=per_client, bulkhead=Bulkhead(8, clock=clock))
+    async with client_for(app) as client:
+        held = [
+            asyncio.create_task(client.post("/v1/readings", content=b"x", headers={"X-Client-Id": "noisy"}))
+            for _ in range(2)
+        ]
+        while per_client.in_flight("noisy") < 2:
+            await asyncio.sleep(0)
+        refused = await client.post("/v1/readings", content=b"x", headers={"X-Client-Id": "noisy"})
+        assert_problem(refused, 429, "client_busy")
+        assert refused.headers["retry-after"] == "2"
+        other = asyncio.create_task(client.post("/v1/readings", content=b"x", headers={"X-Client-Id": "quiet"}))
+        while per_client.in_flight("quiet") < 1:
+            await asyncio.sleep(0)
+        inner.gate.set()
+        assert (await other).status_code == 200
+        assert [(await task).status_code for task in held] == [200, 200]
+    assert len(per_client) == 0

@@ -12,12 +12,14 @@ from libs.flowcontrol.bulkhead import Bulkhead
 from libs.flowcontrol.delivery import DeliveryPolicy
 from libs.flowcontrol.limits import AdaptiveLimiter, AIMDLimit, GradientLimit
 from libs.flowcontrol.metrics import FlowMetrics
+from libs.flowcontrol.perclient import PerClientLimit
 from libs.flowcontrol.policy import (
     BoundaryPolicy,
     BreakerSettings,
     BulkheadSettings,
     DeliverySettings,
     LimiterSettings,
+    PerClientSettings,
     QuotaSettings,
     ThrottleSettings,
     build_boundaries,
@@ -117,6 +119,7 @@ def _defaults(target: Callable[..., Any]) -> dict[str, Any]:
         (QuotaSettings, [Quota]),
         (ThrottleSettings, [Throttle]),
         (BulkheadSettings, [Bulkhead]),
+        (PerClientSettings, [PerClientLimit]),
         (BreakerSettings, [CircuitBreaker]),
         (DeliverySettings, [DeliveryPolicy]),
         (LimiterSettings, [AIMDLimit, GradientLimit, AdaptiveLimiter]),
