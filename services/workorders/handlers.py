@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -135,6 +136,35 @@ class PendingEnrichment:
     attempts: int
 
 
+class AlarmOutcome(StrEnum):
+    """What an alarm that calls for an inspection did (the ``outcome`` of its row in ``work_order_alarms``)."""
+
+    OPENED = "opened"
+    # The meterpoint already has an open order for this alarm type: the alarm is recorded against it.
+    ATTACHED = "attached"
+    # The meterpoint had its limit of alarm orders in the window: recorded, no order opened.
+    RATE_LIMITED = "rate_limited"
+    # The same alarm id seen before (a redelivery): nothing changes.
+    REPEATED = "repeated"
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmLimit:
+    """At most ``max_orders`` orders opened from alarms per meterpoint within ``window``."""
+
+    max_orders: int
+    window: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmResult:
+    """An alarm's outcome; ``order`` is the order it opened, ``work_order_id`` the one it opened or joined."""
+
+    outcome: AlarmOutcome
+    work_order_id: str | None = None
+    order: WorkOrder | None = None
+
+
 class WorkOrderStore(Protocol):
     """Work orders, idempotency keys and the customer replica in the service's database.
 
@@ -145,7 +175,9 @@ class WorkOrderStore(Protocol):
     async def page(self, query: ListQuery) -> Page: ...
     async def find_claim(self, client: str, key: str) -> tuple[str, WorkOrder | None] | None: ...
     async def create(self, build: Build, claim: IdempotencyClaim | None) -> WorkOrder: ...
-    async def create_for_alarm(self, alarm_id: str, build: Build) -> WorkOrder | None: ...
+    async def create_for_alarm(
+        self, alarm: MeterAlarmRaised, build: Build, limit: AlarmLimit, now: datetime
+    ) -> AlarmResult: ...
     async def change(self, work_order_id: str, expected: Versions, change: Change) -> WorkOrder: ...
     async def replica_customer(self, meterpoint_id: str, on: date) -> Customer | None: ...
     async def apply_customer_event(self, event: CloudEvent[Any]) -> None: ...
@@ -274,20 +306,28 @@ async def change_work_order(ctx: Context, work_order_id: str, expected: Versions
 
 
 async def on_meter_alarm(
-    ctx: Context, alarm: MeterAlarmRaised, *, inspection_alarms: frozenset[MeterAlarm], max_age: timedelta
-) -> bool:
-    """Open one inspect_meter order per alarm that calls for one; True when this call opened it.
+    ctx: Context,
+    alarm: MeterAlarmRaised,
+    *,
+    inspection_alarms: frozenset[MeterAlarm],
+    max_age: timedelta,
+    limit: AlarmLimit,
+) -> AlarmOutcome | None:
+    """Open an inspect_meter order for an alarm that calls for one, unless one is open already; the outcome.
 
-    The same alarm delivered again (same alarm id) finds its order and opens nothing: the alarm id is stored with
-    the order, in the same transaction, under a unique constraint. The customer comes from the local replica
-    (no network call inside a consumer) and stays pending until the enricher asks the customers service.
+    One open order per meterpoint and alarm type: a later alarm of the same type attaches to it, and a meterpoint
+    opens at most ``limit.max_orders`` alarm orders per ``limit.window`` (a meter that keeps raising alarms after
+    its orders were closed is recorded, not sent a crew each time). Every alarm is recorded once by its id, in
+    the same transaction as the order it opens, so a redelivered alarm changes nothing. The customer comes from
+    the local replica (no network call inside a consumer) and stays pending until the enricher asks the
+    customers service. None: the alarm calls for no inspection (its type, or its age).
     """
     if alarm.alarm not in inspection_alarms:
-        return False
+        return None
     now = ctx.now()
     if now - alarm.raised_at > max_age:
         logger.info("alarm %s is older than %s; no inspection opened", alarm.alarm_id, max_age)
-        return False
+        return None
     command = domain.inspection_for(alarm)
     provisional = await ctx.store.replica_customer(alarm.meterpoint_id, ctx.local_date(alarm.raised_at))
     customer = CustomerInfo.pending(provisional)
@@ -295,14 +335,25 @@ async def on_meter_alarm(
     def build(work_order_id: str) -> tuple[WorkOrder, EventData]:
         return domain.open_work_order(work_order_id, command, now=now, customer=customer, alarm=alarm)
 
-    order = await ctx.store.create_for_alarm(alarm.alarm_id, build)
-    if order is None:
-        logger.info("alarm %s already has its work order", alarm.alarm_id)
-        return False
-    ctx.on_pending()
+    result = await ctx.store.create_for_alarm(alarm, build, limit, now)
     if ctx.metrics is not None:
-        ctx.metrics.created.labels(order.origin, customer.status).inc()
-    return True
+        ctx.metrics.alarms.labels(result.outcome.value).inc()
+    if result.outcome is AlarmOutcome.OPENED:
+        ctx.on_pending()
+        if ctx.metrics is not None and result.order is not None:
+            ctx.metrics.created.labels(result.order.origin, customer.status).inc()
+    elif result.outcome is AlarmOutcome.RATE_LIMITED:
+        logger.warning(
+            "alarm %s (%s) of meterpoint %s: %d alarm orders in the last %s already; recorded, no order opened",
+            alarm.alarm_id,
+            alarm.alarm,
+            alarm.meterpoint_id,
+            limit.max_orders,
+            limit.window,
+        )
+    else:
+        logger.info("alarm %s %s (work order %s)", alarm.alarm_id, result.outcome.value, result.work_order_id)
+    return result.outcome
 
 
 CUSTOMER_EVENTS = (CustomerRegistered, CustomerUpdated, MeterpointLinked, MeterpointUnlinked)

@@ -15,6 +15,13 @@ class WorkordersMetrics:
             ["origin", "customer"],
             registry=registry,
         )
+        self.alarms = Counter(
+            "gridhub_workorders_alarms_total",
+            "Meter alarms that called for an inspection, by outcome: opened, attached (to the open order of the "
+            "meterpoint and alarm type), rate_limited (the meterpoint's limit of alarm orders reached), repeated.",
+            ["outcome"],
+            registry=registry,
+        )
         self.transitions = Counter(
             "gridhub_workorders_transitions_total",
             "Work order transitions performed, by action.",

@@ -18,6 +18,7 @@ from libs.flowcontrol.policy import (
     BreakerSettings,
     BulkheadSettings,
     DeliverySettings,
+    PerClientSettings,
     QuotaSettings,
 )
 from libs.platform.settings import DEV_ONLY_MARKER, ServiceSettings
@@ -40,7 +41,11 @@ class Boundaries(BaseModel):
         quota=QuotaSettings(rate=20, burst=50),
         # Requests in flight; each may wait for the customers service (bounded by customers_soap.timeout).
         bulkhead=BulkheadSettings(max_concurrent=32, max_wait=0.5, max_waiting=128, retry_after=1.0),
+        # Requests in flight (or waiting for the bulkhead) per client: one client never holds every slot (429).
+        per_client=PerClientSettings(max_per_client=8, retry_after=1.0),
         max_body_bytes=64 * 1024,
+        # A work order body is a few hundred bytes: 10 s is ample; a client trickling it is cut off with 408.
+        body_timeout=10.0,
     )
     customers_soap: BoundaryPolicy = BoundaryPolicy(
         # Opens when half of the last 10 calls failed or took longer than 2 s; one probe after 10 s decides.
@@ -141,6 +146,10 @@ class WorkordersSettings(ServiceSettings):
     # Alarms older than this when they arrive (e.g. a new consumer group reading a month of retention) are
     # acknowledged without opening an inspection: the meter has long been read again since.
     max_alarm_age_hours: PositiveFloat = 7 * 24
+    # One open inspection per meterpoint and alarm type (later alarms attach to it), and at most this many
+    # orders opened from alarms per meterpoint in the window: a meter that floods alarms gets one crew, not many.
+    max_alarm_orders_per_meterpoint: PositiveInt = 3
+    alarm_order_window_hours: PositiveFloat = 24.0
     idempotency_retention_hours: PositiveFloat = 24.0
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
 

@@ -9,7 +9,7 @@ version (412). Every call runs under the `Database` guard: an outage is a `Refus
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from libs.events import (
     CustomerUpdated,
     EventData,
     MeterAlarm,
+    MeterAlarmRaised,
     MeterpointLinked,
     MeterpointUnlinked,
     WorkOrderResult,
@@ -43,6 +44,9 @@ from services.workorders.domain import (
     WorkOrder,
 )
 from services.workorders.handlers import (
+    AlarmLimit,
+    AlarmOutcome,
+    AlarmResult,
     Build,
     Change,
     ClaimTaken,
@@ -267,20 +271,58 @@ class PostgresWorkOrderStore:
 
         return await self._write(work)
 
-    async def create_for_alarm(self, alarm_id: str, build: Build) -> WorkOrder | None:
-        async def work(conn: Connection) -> WorkOrder | None:
+    async def create_for_alarm(
+        self, alarm: MeterAlarmRaised, build: Build, limit: AlarmLimit, now: datetime
+    ) -> AlarmResult:
+        async def work(conn: Connection) -> AlarmResult:
+            # Alarms of one meterpoint and type are decided one at a time (the consumers run several records
+            # at once): of two concurrent first alarms, one opens the order and the other attaches to it.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"workorders.alarm:{alarm.meterpoint_id}:{alarm.alarm.value}",
+            )
+            if await conn.fetchval("SELECT 1 FROM work_order_alarms WHERE alarm_id = $1", alarm.alarm_id):
+                return AlarmResult(AlarmOutcome.REPEATED)
+            open_order = await conn.fetchval(
+                "SELECT work_order_id FROM work_orders WHERE meterpoint_id = $1 AND alarm = $2 AND origin = 'alarm' "
+                "AND status IN ('created', 'scheduled', 'in_progress') ORDER BY seq DESC LIMIT 1",
+                alarm.meterpoint_id,
+                alarm.alarm.value,
+            )
+            if open_order is not None:
+                await self._record_alarm(conn, alarm, AlarmOutcome.ATTACHED, open_order)
+                return AlarmResult(AlarmOutcome.ATTACHED, open_order)
+            recent: int = await conn.fetchval(
+                "SELECT count(*) FROM work_orders WHERE meterpoint_id = $1 AND origin = 'alarm' AND created_at > $2",
+                alarm.meterpoint_id,
+                now - limit.window,
+            )
+            if recent >= limit.max_orders:
+                await self._record_alarm(conn, alarm, AlarmOutcome.RATE_LIMITED, None)
+                return AlarmResult(AlarmOutcome.RATE_LIMITED)
             seq: int = await conn.fetchval("SELECT nextval('work_order_number')")
             order, event = build(work_order_id_of(seq))
-            assert order.alarm_id == alarm_id
-            inserted = await conn.fetchval(
-                f"{_INSERT} ON CONFLICT (alarm_id) DO NOTHING RETURNING true", *_row_values(seq, order)
-            )
-            if not inserted:
-                return None  # this alarm opened its order before (a redelivery); the number stays unused
+            assert order.alarm_id == alarm.alarm_id
+            await conn.execute(_INSERT, *_row_values(seq, order))
+            await self._record_alarm(conn, alarm, AlarmOutcome.OPENED, order.work_order_id)
             await self._publish(conn, event)
-            return order
+            return AlarmResult(AlarmOutcome.OPENED, order.work_order_id, order)
 
         return await self._write(work)
+
+    async def _record_alarm(
+        self, conn: Connection, alarm: MeterAlarmRaised, outcome: AlarmOutcome, work_order_id: str | None
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO work_order_alarms (alarm_id, meterpoint_id, alarm, raised_at, outcome, work_order_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            alarm.alarm_id,
+            alarm.meterpoint_id,
+            alarm.alarm.value,
+            alarm.raised_at,
+            outcome.value,
+            work_order_id,
+        )
 
     async def change(self, work_order_id: str, expected: Versions, change: Change) -> WorkOrder:
         async def work(conn: Connection) -> WorkOrder:

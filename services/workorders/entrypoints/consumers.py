@@ -5,7 +5,7 @@ each with its own boundary): a record is committed after its database transactio
 (`InvalidEvent`) goes to ``<topic>.dlq`` at once, a failing one is retried with backoff and then dead-lettered,
 and a refused database (`DatabaseUnavailable`, the ``workorders_postgres`` breaker open) pauses the partition and
 redelivers the record later: never skipped. Delivery is at least once; the handlers are idempotent (an alarm's id
-is unique on its order, replica rows carry versions or natural keys).
+is recorded once in the alarm ledger, replica rows carry versions or natural keys).
 
 Kafka being down at start-up only delays the consumers: `run_consumers` retries until the service stops.
 """
@@ -48,12 +48,18 @@ class Subscription:
 
 
 def meter_event_handler(ctx: Context, settings: WorkordersSettings) -> RecordHandler:
-    """meter.events.v1: an alarm that calls for it opens one inspect_meter order (a repeat opens none)."""
+    """meter.events.v1: an alarm that calls for it opens an inspect_meter order or joins the open one."""
     max_age = timedelta(hours=settings.max_alarm_age_hours)
+    limit = handlers.AlarmLimit(
+        max_orders=settings.max_alarm_orders_per_meterpoint,
+        window=timedelta(hours=settings.alarm_order_window_hours),
+    )
 
     async def handle(record: ConsumedRecord) -> None:
         event = from_record(record.value, record.headers, record.key, MeterAlarmRaised)
-        await handlers.on_meter_alarm(ctx, event.data, inspection_alarms=settings.inspection_alarms, max_age=max_age)
+        await handlers.on_meter_alarm(
+            ctx, event.data, inspection_alarms=settings.inspection_alarms, max_age=max_age, limit=limit
+        )
 
     return handle
 
