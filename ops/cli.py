@@ -85,7 +85,7 @@ def device_add(
     """Let a meter publish to gridhub/meters/<meterpoint>/readings and /events."""
     from services.collection.commands.devices import main as devices_main
 
-    raise typer.Exit(devices_main(["add", meterpoint_id, *(["--password", password] if password else [])]))
+    raise typer.Exit(devices_main(["add", meterpoint_id, *_password_option(password)]))
 
 
 @device_app.command("remove")
@@ -125,6 +125,11 @@ def _service_apikeys(service: KeyService, argv: list[str]) -> int:
     return code
 
 
+def _password_option(password: str | None) -> list[str]:
+    """``--password=<value>`` in one word, so a password beginning with '-' is not read as an option."""
+    return [f"--password={password}"] if password else []
+
+
 @ftpuser_app.command("add")
 def ftpuser_add(
     login: Annotated[str, typer.Argument(help="1-63 of a-z, 0-9, '.', '_', '-'")],
@@ -135,7 +140,7 @@ def ftpuser_add(
     """Create a partner account: uploads into /inbox, receipts in /outbox."""
     from services.collection.commands.ftpusers import main as ftpusers_main
 
-    raise typer.Exit(ftpusers_main(["add", login, *(["--password", password] if password else [])]))
+    raise typer.Exit(ftpusers_main(["add", login, *_password_option(password)]))
 
 
 @ftpuser_app.command("disable")

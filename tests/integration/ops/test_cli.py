@@ -17,7 +17,9 @@ from libs.events.gsrn import with_check_digit
 from libs.platform.apikeys import ApiKeyRecord, parse_key_id, verify_api_key
 from libs.platform.apikeys_store import PostgresKeyStore
 from libs.platform.db import create_pool
+from libs.platform.passwords import verify_password
 from ops.cli import app
+from services.collection.adapters.ftpusers import FtpUser, PostgresFtpUserStore
 from stack.config import StackConfig
 from stack.mosquitto import Mosquitto
 
@@ -111,5 +113,35 @@ async def _stored(stack: StackConfig, database: str, schema: str | None, key_id:
     pool = await create_pool(stack.postgres_dsn(database), schema=schema, max_size=1)
     try:
         return await PostgresKeyStore(pool).get(key_id)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.postgres
+def test_a_partner_password_may_begin_with_a_dash(stack: StackConfig) -> None:
+    login, password = f"p{secrets.token_hex(4)}", "-" + secrets.token_urlsafe(16)
+    added = CliRunner().invoke(app, ["ftpuser", "add", login, "--password", password])
+    assert added.exit_code == 0, added.output
+    assert password not in added.output, "a password the operator chose is not printed back"
+    user = asyncio.run(_partner(stack, login))
+    assert user is not None
+    assert verify_password(password, user.password_hash)
+
+
+@pytest.mark.mqtt
+def test_a_device_password_may_begin_with_a_dash(stack: StackConfig) -> None:
+    meterpoint = with_check_digit("5713131" + "".join(secrets.choice("0123456789") for _ in range(10)))
+    added = CliRunner().invoke(app, ["device", "add", meterpoint, "--password", "-x" + secrets.token_urlsafe(12)])
+    try:
+        assert added.exit_code == 0, added.output
+        assert f"{meterpoint}:" in Path(Mosquitto(stack).passwd).read_text()
+    finally:
+        CliRunner().invoke(app, ["device", "remove", meterpoint])
+
+
+async def _partner(stack: StackConfig, login: str) -> FtpUser | None:
+    pool = await create_pool(stack.postgres_dsn("collection"), max_size=1)
+    try:
+        return await PostgresFtpUserStore(pool).get(login)
     finally:
         await pool.close()
