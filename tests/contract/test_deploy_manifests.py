@@ -276,7 +276,7 @@ def test_compose_environment_gives_valid_production_settings(service: str, monke
     dsn = settings.postgres_dsn.get_secret_value()
     assert re.fullmatch(rf"postgresql://{service}:[0-9a-f]+@postgres:5432/{service}", dsn)
     if service == "collection":
-        assert settings.mqtt.host == "mosquitto"
+        assert (settings.mqtt.host, settings.mqtt.port) == ("mosquitto", 1884), "the service listener"
         assert str(settings.ftp.root).startswith("/data/"), "the FTP spool belongs on the data volume"
         assert {"/data"} <= {m.split(":")[1] for m in _compose()["services"]["collection"]["volumes"]}
     if service == "workorders":
@@ -312,20 +312,26 @@ def _acl_rules(text: str) -> list[str]:
 
 
 def test_mosquitto_acl_is_the_local_stacks_and_k8s_carries_the_same_files() -> None:
-    from stack.mosquitto import ACL
+    from stack.mosquitto import ACL, MAX_PACKET_SIZE, SERVICES_ACL
 
-    deployed = _acl_rules((DEPLOY / "mosquitto" / "acl").read_text())
-    stack_rules = _acl_rules(ACL)
+    assert _acl_rules((DEPLOY / "mosquitto" / "acl").read_text()) == _acl_rules(ACL)
+    services = _acl_rules(SERVICES_ACL)
     # The same rules minus the integration tests' user.
-    test_user = stack_rules.index("user gridhub_test")
-    assert deployed == stack_rules[:test_user] + [
-        rule for rule in stack_rules[test_user + 2 :] if not rule.startswith("topic readwrite gridhub/test")
-    ]
-    for name in ("acl", "mosquitto.conf"):
+    test_user = services.index("user gridhub_test")
+    assert _acl_rules((DEPLOY / "mosquitto" / "acl.services").read_text()) == services[:test_user]
+    for name in ("acl", "acl.services", "mosquitto.conf"):
         assert (K8S / "base" / "mosquitto" / name).read_text() == (DEPLOY / "mosquitto" / name).read_text()
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    assert re.search(r"^allow_anonymous false$", conf, re.MULTILINE)
+    assert re.search(r"^per_listener_settings true$", conf, re.MULTILINE)
     assert re.search(r"^persistence true$", conf, re.MULTILINE)
+    assert re.search(rf"^max_packet_size {MAX_PACKET_SIZE}$", conf, re.MULTILINE)
+    # Each listener: no anonymous client, its own password file and ACL; devices' client id is their user name.
+    devices, services_listener = re.split(r"^listener 1884 ", conf.split("\nlistener 1883 ", 1)[1], flags=re.MULTILINE)
+    for block, passwd, acl in ((devices, "passwd", "acl"), (services_listener, "services.passwd", "acl.services")):
+        assert re.search(r"^allow_anonymous false$", block, re.MULTILINE)
+        assert re.search(rf"^password_file /mosquitto/auth/{re.escape(passwd)}$", block, re.MULTILINE)
+        assert re.search(rf"^acl_file /mosquitto/config/{re.escape(acl)}$", block, re.MULTILINE)
+    assert re.search(r"^use_username_as_clientid true$", devices, re.MULTILINE)
 
 
 def test_postgres_init_creates_one_database_and_role_per_service_without_passwords() -> None:
@@ -711,5 +717,8 @@ def test_network_policies_deny_by_default_and_cover_every_gridhub_pod(overlay: s
         egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
         if name in SETTINGS:
             assert {9092, 5432} <= egress_ports, name
-    assert 1883 in {p["port"] for rule in policies["collection"]["spec"]["egress"] for p in rule["ports"]}
+    assert 1884 in {p["port"] for rule in policies["collection"]["spec"]["egress"] for p in rule["ports"]}
+    # The service listener only from collection: a device that reached it could try the services' account.
+    (services_rule,) = [r for r in policies["mosquitto"]["spec"]["ingress"] if 1884 in {p["port"] for p in r["ports"]}]
+    assert services_rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "collection"}}}]
     assert 8082 in {p["port"] for rule in policies["workorders"]["spec"]["egress"] for p in rule["ports"]}
