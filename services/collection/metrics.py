@@ -36,8 +36,23 @@ class CollectionMetrics:
         self.mqtt_messages = Counter(
             "gridhub_collection_mqtt_messages_total",
             "MQTT messages by what happened to them: acked (published), dead_lettered (published to the DLQ, acked), "
-            "held (over the device quota, PUBACK delayed), stale (connection gone before the ack; redelivered).",
+            "parked (over the device quota, waiting in the device's lane), quota_exceeded (over the quota with no room "
+            "in a lane: published to the DLQ with that reason, acked), stale (connection gone before the ack; "
+            "redelivered).",
             ["outcome"],
+            registry=registry,
+        )
+        self.mqtt_parked = Gauge(
+            "gridhub_collection_mqtt_parked_messages",
+            "MQTT messages of devices over their quota parked in their lanes now (PUBACK waiting).",
+            registry=registry,
+        )
+        self.mqtt_broker = Gauge(
+            "gridhub_collection_mqtt_broker",
+            "The broker's own counters from $SYS/broker (as the broker last published them): stored_messages "
+            "(queued, in flight and retained), dropped_messages (since the broker started; queue limits), "
+            "connected_clients.",
+            ["counter"],
             registry=registry,
         )
         self.publish_seconds = Histogram(

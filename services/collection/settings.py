@@ -97,6 +97,19 @@ class MqttSettings(_Section):
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     max_readings_per_message: PositiveInt = 200
     max_payload_bytes: PositiveInt = 256 * 1024
+    # MQTT 5 Maximum Packet Size in CONNECT: the broker never sends us a larger packet. The broker's own
+    # max_packet_size (deploy/mosquitto, the same value) disconnects a device sending one before reading it.
+    max_packet_bytes: PositiveInt = 256 * 1024 + 4096
+    # Per-device fairness: a device over its quota parks at most this many messages (PUBACK waiting) in its own
+    # lane, and at most `quota_lanes` devices park at once; beyond that its messages go to the DLQ as
+    # quota_exceeded. Together they stay far below receive_maximum, so other meters never wait for it.
+    quota_lanes: PositiveInt = 16
+    quota_lane_messages: PositiveInt = 8
+    # TLS to the broker (required in production): the CA that signed the broker's certificate, and optionally
+    # a client certificate and key (PEM files). Unset: plain MQTT (dev, tests).
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     # Messages taken from the buffer and published to Kafka together.
     max_messages_per_batch: PositiveInt = 500
     # After the first message, wait this long for more before publishing (like the producer's linger.ms).
@@ -104,6 +117,19 @@ class MqttSettings(_Section):
     # Waits between publish attempts while Kafka is down (messages stay unacknowledged meanwhile).
     retry_backoff_seconds: PositiveFloat = 0.5
     max_retry_backoff_seconds: PositiveFloat = 10.0
+
+    @model_validator(mode="after")
+    def _mqtt_limits(self) -> Self:
+        if self.max_packet_bytes < self.max_payload_bytes + 1024:
+            raise ValueError("mqtt.max_packet_bytes must leave room (1 KiB) above max_payload_bytes for the topic")
+        if self.quota_lanes * self.quota_lane_messages * 2 > self.receive_maximum:
+            # Parked messages hold PUBACKs: they must never take more than half of the shared in-flight window.
+            raise ValueError("mqtt.quota_lanes x quota_lane_messages must be at most half of receive_maximum")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("mqtt TLS: set both tls_cert_file and tls_key_file, or neither")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError("mqtt TLS: a client certificate needs tls_ca_file (the broker's CA)")
+        return self
 
 
 class FtpSettings(_Section):

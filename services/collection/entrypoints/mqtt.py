@@ -12,9 +12,20 @@ nothing by itself (``manual_ack``):
 Back pressure: the broker sends at most Receive Maximum messages before it waits for PUBACKs, and the buffer
 holds at least that many, so a slow Kafka slows the broker, never fills memory. While Kafka is down (breaker
 open or publishes failing), the ingress retries the same batch and acknowledges nothing: the broker keeps the
-rest. A device over its quota is slowed, not dropped: its message waits (PUBACK held) until the device's
-tokens are back. An invalid message is published to the DLQ with its reason, then acknowledged, so it is not
-redelivered forever.
+rest. An invalid message is published to the DLQ with its reason, then acknowledged, so it is not redelivered
+forever.
+
+Per-device fairness: the subscriber session is shared by every meter, so a PUBACK held for one device takes a
+slot of everyone's in-flight window (Receive Maximum). A device over its quota therefore parks at most
+``quota_lane_messages`` messages in its own lane (and at most ``quota_lanes`` devices park at once, together far
+below Receive Maximum), released in order by one scheduler as its tokens come back (libs/flowcontrol/lanes.py).
+Beyond that its message is published to the DLQ with reason ``quota_exceeded`` (the original payload, so it can
+be replayed) and then acknowledged. Either way a message the broker acknowledged to a device reaches
+meter.readings.v1 or the DLQ with its reason, and is counted; the other meters never wait for it.
+
+The broker's own counters (queue depth, drops, clients) arrive on ``$SYS/broker/...`` (QoS 0, no ack) and become
+gauges. Connect properties: Maximum Packet Size (the broker never sends us more) and, when ``tls_ca_file`` is
+set, TLS with the broker's certificate verified against that CA (and a client certificate if configured).
 
 Acknowledgements cross threads: ``client.ack`` only queues a packet for paho's thread (like ``publish``). A
 message is acknowledged only on the connection that delivered it: after a reconnect the broker redelivers
@@ -29,7 +40,9 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -45,8 +58,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from libs.flowcontrol.buffer import BoundedBuffer
 from libs.flowcontrol.clock import Clock, MonotonicClock
 from libs.flowcontrol.errors import BufferClosed, Refused
+from libs.flowcontrol.lanes import QuotaLanes
 from libs.flowcontrol.quota import Quota
-from services.collection.adapters.kafka import Publisher, PublishFailed
+from services.collection.adapters.kafka import Publisher, PublishFailed, dead_letter_record
 from services.collection.domain import ItemOutcome
 from services.collection.handlers import MqttMessage, Pipeline, PreparedMessage, prepare_message
 from services.collection.metrics import CollectionMetrics
@@ -55,6 +69,17 @@ from services.collection.settings import MqttSettings
 logger = logging.getLogger(__name__)
 
 _HANDOFF_POLL = 0.5  # seconds paho's thread waits at a time for buffer space before checking for shutdown
+_OVER_QUOTA_LOG_EVERY = 10.0  # seconds: one summary line for quota_exceeded letters, not one per message
+
+QUOTA_EXCEEDED = "quota_exceeded"
+"""The DLQ reason of a message its device sent over its quota with no room left in the device's lane."""
+
+# Mosquitto's $SYS counters exported as gauges (the ACL lets only the service accounts read them).
+BROKER_COUNTERS = {
+    "$SYS/broker/store/messages/count": "stored_messages",
+    "$SYS/broker/publish/messages/dropped": "dropped_messages",
+    "$SYS/broker/clients/connected": "connected_clients",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +124,15 @@ class MqttIngress:
         self._lock = threading.Lock()  # guards _generation against acks racing a (re)connect
         self._generation = 0
         self._stopping = threading.Event()
-        self._held: set[asyncio.Task[None]] = set()
+        self._lanes: QuotaLanes[Delivery] = QuotaLanes(
+            quota,
+            max_lanes=settings.quota_lanes,
+            max_per_lane=settings.quota_lane_messages,
+            clock=self._clock,
+            on_depth=metrics.mqtt_parked.set,
+        )
+        self._over_quota_logged = -math.inf
+        self._over_quota_unlogged = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: BoundedBuffer[Delivery] | None = None
         self._client: paho.Client | None = None
@@ -120,6 +153,7 @@ class MqttIngress:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = settings.session_expiry_seconds
         properties.ReceiveMaximum = settings.receive_maximum
+        properties.MaximumPacketSize = settings.max_packet_bytes
         client.connect_async(
             settings.host,
             settings.port,
@@ -128,6 +162,7 @@ class MqttIngress:
             properties=properties,
         )
         client.loop_start()
+        releases = asyncio.create_task(self._lanes.run(self._release), name="mqtt-quota-lanes")
         try:
             while True:
                 try:
@@ -142,8 +177,9 @@ class MqttIngress:
         finally:
             self._stopping.set()
             buffer.close()
-            for task in list(self._held):
-                task.cancel()
+            releases.cancel()
+            await asyncio.gather(releases, return_exceptions=True)
+            self._lanes.clear()  # unacknowledged, so the broker redelivers them
             # Not acknowledged, so the broker redelivers them to the next session of this client id.
             with self._lock:
                 self._generation += 1
@@ -165,6 +201,14 @@ class MqttIngress:
             manual_ack=True,
         )
         client.username_pw_set(settings.username, settings.password.get_secret_value())
+        if settings.tls_ca_file is not None:
+            client.tls_set(
+                ca_certs=str(settings.tls_ca_file),
+                certfile=None if settings.tls_cert_file is None else str(settings.tls_cert_file),
+                keyfile=None if settings.tls_key_file is None else str(settings.tls_key_file),
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -191,6 +235,7 @@ class MqttIngress:
             (f"$share/{settings.share_group}/{settings.topic_prefix}/+/{kind}", SubscribeOptions(qos=1))
             for kind in ("readings", "events")
         ]
+        topics += [(topic, SubscribeOptions(qos=0)) for topic in BROKER_COUNTERS]
         client.subscribe(topics)
         self._metrics.mqtt_connected.set(1)
         logger.info("MQTT connected (session present: %s)", flags.session_present)
@@ -200,11 +245,15 @@ class MqttIngress:
             self._generation += 1
         self._metrics.mqtt_connected.set(0)
         self._call_soon(self._subscribed.clear)
+        self._call_soon(self._forget_parked)
         if not self._stopping.is_set():
             logger.warning("MQTT disconnected (%s); reconnecting", reason_code)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        refused = [str(code) for code in reason_codes if code.is_failure]
+        meters, counters = reason_codes[:2], reason_codes[2:]
+        if any(code.is_failure for code in counters):
+            logger.warning("MQTT: the broker refused its $SYS counters; no gridhub_collection_mqtt_broker_* gauges")
+        refused = [str(code) for code in meters if code.is_failure]
         if refused:
             logger.error("MQTT subscription refused: %s", ", ".join(refused))
         else:
@@ -215,8 +264,21 @@ class MqttIngress:
             topic = message.topic
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")
+        if topic.startswith("$SYS/"):
+            self._broker_counter(topic, message.payload)
+            return
         delivery = Delivery(topic, bytes(message.payload), message.mid, message.qos, self._generation)
         self._hand_over(self._put(delivery))
+
+    def _broker_counter(self, topic: str, payload: bytes | bytearray) -> None:
+        name = BROKER_COUNTERS.get(topic)
+        if name is None:
+            return
+        try:
+            value = float(payload)
+        except ValueError:
+            return
+        self._metrics.mqtt_broker.labels(name).set(value)
 
     async def _put(self, delivery: Delivery) -> None:
         buffer = self._buffer
@@ -254,6 +316,7 @@ class MqttIngress:
         received_at = self._wall_clock()
         settings = self._settings
         ready: list[tuple[Delivery, PreparedMessage]] = []
+        spilled: set[int] = set()  # ids of the quota_exceeded letters among `ready`
         for delivery in batch:
             if delivery.generation != self._generation:
                 self._metrics.mqtt_messages.labels("stale").inc()
@@ -270,25 +333,30 @@ class MqttIngress:
                 max_items=settings.max_readings_per_message,
                 max_payload_bytes=settings.max_payload_bytes,
             )
-            if not delivery.quota_paid:
-                decision = self._quota.try_acquire(prepared.device or "(unknown)", prepared.cost)
-                if not decision.allowed and not math.isinf(decision.retry_after):
-                    self._hold(delivery, prepared.device or "(unknown)", prepared.cost, decision.retry_after)
+            if not delivery.quota_paid and not self._admit(prepared):
+                if self._lanes.park(prepared.device or "(unknown)", prepared.cost, delivery):
+                    self._metrics.mqtt_messages.labels("parked").inc()
                     continue
-                # A message costing more than the device's whole burst could never pass: it is let through
-                # rather than held forever (settings keep the default burst above the largest message).
+                prepared = self._over_quota(delivery, prepared, received_at)
+                spilled.add(id(prepared))
             ready.append((delivery, prepared))
         if not ready:
             return
         ready = await self._publish(ready)
-        counts = {"acked": 0, "dead_lettered": 0, "stale": 0}
+        counts = {"acked": 0, "dead_lettered": 0, QUOTA_EXCEEDED: 0, "stale": 0}
         outcomes: dict[str, list[ItemOutcome]] = {"reading": [], "alarm": []}
+        over_quota = 0
         for delivery, prepared in ready:
-            if self._ack(delivery):
+            if not self._ack(delivery):
+                counts["stale"] += 1
+            elif id(prepared) in spilled:
+                counts[QUOTA_EXCEEDED] += 1
+                over_quota += prepared.cost
+            else:
                 counts["dead_lettered" if prepared.dead_lettered else "acked"] += 1
                 outcomes[prepared.kind.name] += prepared.outcomes
-            else:
-                counts["stale"] += 1
+        if over_quota:
+            self._metrics.rejections.labels("mqtt", QUOTA_EXCEEDED).inc(over_quota)
         for outcome, count in counts.items():
             if count:
                 self._metrics.mqtt_messages.labels(outcome).inc(count)
@@ -326,24 +394,60 @@ class MqttIngress:
                 self._metrics.kafka_paused.set(0)
                 return ready
 
-    def _hold(self, delivery: Delivery, device: str, cost: int, retry_after: float) -> None:
-        self._metrics.mqtt_messages.labels("held").inc()
-        task = asyncio.create_task(self._release_when_paid(delivery, device, cost, retry_after))
-        self._held.add(task)
-        task.add_done_callback(self._held.discard)
+    def _admit(self, prepared: PreparedMessage) -> bool:
+        """Whether the device may send this message now (its tokens paid); False: park it or record it."""
+        device = prepared.device or "(unknown)"
+        if self._lanes.has_lane(device):
+            return False  # behind the device's parked messages, in order
+        decision = self._quota.try_acquire(device, prepared.cost)
+        # A message costing more than the device's whole burst could never pass: it is let through rather than
+        # parked forever (settings keep every burst at or above max_readings_per_message).
+        return decision.allowed or math.isinf(decision.retry_after)
 
-    async def _release_when_paid(self, delivery: Delivery, device: str, cost: int, wait: float) -> None:
-        # The PUBACK waits with the message; the broker's Receive Maximum bounds how many can wait at once.
-        while True:
-            await self._clock.sleep(wait)
-            decision = self._quota.try_acquire(device, cost)
-            if decision.allowed:
-                break
-            wait = decision.retry_after
+    def _over_quota(self, delivery: Delivery, prepared: PreparedMessage, received_at: datetime) -> PreparedMessage:
+        """The message as a ``quota_exceeded`` dead letter: its original payload, acknowledged once Kafka has it."""
+        device = prepared.device or "(unknown)"
+        limits = self._quota.limits(device)
+        letter = dead_letter_record(
+            topic=prepared.kind.dlq,
+            origin=f"mqtt:{delivery.topic}",
+            record_id=f"{self._settings.client_id}/{delivery.generation}/{delivery.mid}",
+            key=prepared.device.encode() or None,
+            value=delivery.payload,
+            reason=QUOTA_EXCEEDED,
+            detail=(
+                f"device over its quota ({limits.rate:g} readings/s, burst {limits.burst:g}) with its lane full "
+                f"({self._settings.quota_lane_messages} messages) or no lane free ({self._settings.quota_lanes})"
+            ),
+            failed_at=received_at,
+            headers=[("gridhub.ingress", b"mqtt"), ("gridhub.client", prepared.device.encode())],
+        )
+        self._over_quota_unlogged += 1
+        now = time.monotonic()
+        if now - self._over_quota_logged >= _OVER_QUOTA_LOG_EVERY:
+            logger.warning(
+                "MQTT device %s over its quota: %d message(s) recorded in the DLQ as quota_exceeded since the last "
+                "line (gridhub_collection_rejections_total{channel=mqtt,reason=quota_exceeded})",
+                device,
+                self._over_quota_unlogged,
+            )
+            self._over_quota_logged, self._over_quota_unlogged = now, 0
+        return replace(prepared, records=[letter], outcomes=[], dead_lettered=True)
+
+    async def _release(self, delivery: Delivery) -> None:
+        """A parked message whose tokens are paid goes back into the buffer (the scheduler awaits the room)."""
         buffer = self._buffer
-        if buffer is not None:
-            with contextlib.suppress(BufferClosed):
-                await buffer.put(replace(delivery, quota_paid=True))
+        if buffer is None or delivery.generation != self._generation:
+            self._metrics.mqtt_messages.labels("stale").inc()
+            return
+        with contextlib.suppress(BufferClosed):
+            await buffer.put(replace(delivery, quota_paid=True))
+
+    def _forget_parked(self) -> None:
+        # Their connection is gone: their acks would be dropped and the broker redelivers them anyway.
+        stale = self._lanes.clear()
+        if stale:
+            self._metrics.mqtt_messages.labels("stale").inc(len(stale))
 
     def _ack(self, delivery: Delivery) -> bool:
         client = self._client

@@ -1,8 +1,8 @@
 """MQTT messages without a broker: what each message turns into, and when the ingress acknowledges it.
 
 The ingress's asyncio half is driven directly (a fake paho client records acks; a fake clock stands in for
-time), so the rules are exact: ack only after the publisher returned, never on a lost connection, hold a
-device over its quota.
+time), so the rules are exact: ack only after the publisher returned, never on a lost connection, park a
+device over its quota in its own small lane and record what does not fit in the DLQ.
 """
 
 from __future__ import annotations
@@ -152,15 +152,22 @@ class ScriptedPublisher:
         self.published.extend(records)
 
 
-def ingress(publisher: ScriptedPublisher, clock: FakeClock, quota: Quota | None = None) -> tuple[MqttIngress, Any]:
+def ingress(
+    publisher: ScriptedPublisher,
+    clock: FakeClock,
+    quota: Quota | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    **mqtt: Any,
+) -> tuple[MqttIngress, Any]:
     buffer: BoundedBuffer[Delivery] = BoundedBuffer(10)
     subject = MqttIngress(
-        MqttSettings(max_readings_per_message=3),
+        MqttSettings(max_readings_per_message=3, **mqtt),
         publisher=publisher,
         pipeline=PIPELINE,
         quota=quota if quota is not None else Quota(100, 100, clock=clock),
         buffer_factory=lambda: buffer,
-        metrics=CollectionMetrics(CollectorRegistry()),
+        metrics=CollectionMetrics(registry or CollectorRegistry()),
         clock=clock,
         wall_clock=lambda: NOW,
     )
@@ -211,20 +218,61 @@ async def test_a_message_of_a_lost_connection_is_not_acked_on_the_new_one() -> N
     assert publisher.calls == 1
 
 
-async def test_a_device_over_its_quota_is_slowed_not_dropped() -> None:
+async def test_a_device_over_its_quota_parks_a_few_messages_in_its_lane_released_at_its_rate() -> None:
     clock = FakeClock()
     publisher = ScriptedPublisher()
     quota = Quota(1.0, 2, clock=clock)  # 1 reading per second, burst 2
     subject, client = ingress(publisher, clock, quota)
+    releases = asyncio.create_task(subject._lanes.run(subject._release))
     await subject._process([delivery(1, orjson.dumps([reading(), reading(interval_end="2025-03-01T10:30:00Z")]))])
     await subject._process([delivery(2, orjson.dumps(reading(interval_end="2025-03-01T10:45:00Z")))])
-    assert client.acks == [(1, 1)]  # message 2 waits for the device's tokens, PUBACK held
+    assert client.acks == [(1, 1)]  # message 2 waits in the device's lane, its PUBACK with it
+    assert len(subject._lanes) == 1
     assert subject._buffer is not None
+    await clock.settle()
     assert len(subject._buffer) == 0
     await clock.advance(1.0)
-    [held] = subject._buffer.drain()
-    assert held.mid == 2
-    assert held.quota_paid
-    await subject._process([held])
+    [released] = subject._buffer.drain()
+    assert released.mid == 2
+    assert released.quota_paid
+    await subject._process([released])
     assert client.acks == [(1, 1), (2, 1)]
-    assert len(publisher.published) == 3
+    assert [r.topic for r in publisher.published] == ["meter.readings.v1"] * 3
+    assert len(subject._lanes) == 0
+    releases.cancel()
+    await asyncio.gather(releases, return_exceptions=True)
+
+
+async def test_beyond_its_lane_a_device_over_its_quota_goes_to_the_dlq_as_quota_exceeded_and_is_acked() -> None:
+    clock = FakeClock()
+    publisher = ScriptedPublisher()
+    quota = Quota(1.0, 1, clock=clock)
+    registry = CollectorRegistry()
+    subject, client = ingress(publisher, clock, quota, registry=registry, quota_lanes=1, quota_lane_messages=1)
+    quarters = ["2025-03-01T10:15:00Z", "2025-03-01T10:30:00Z", "2025-03-01T10:45:00Z"]
+    await subject._process([delivery(n + 1, orjson.dumps(reading(interval_end=end))) for n, end in enumerate(quarters)])
+    # 1 passes, 2 parks (the lane's one place), 3 finds no room: its original payload goes to the DLQ.
+    assert client.acks == [(1, 1), (3, 1)]
+    readings, letter = publisher.published
+    assert readings.topic == "meter.readings.v1"
+    assert letter.topic == "meter.readings.v1.dlq"
+    assert letter.value == orjson.dumps(reading(interval_end=quarters[2]))
+    headers = dict(letter.headers)
+    assert headers["dlq.reason"] == b"quota_exceeded"
+    assert letter.key == METERPOINT.encode()
+    # Another device with its own tokens is not behind it, and takes no lane.
+    other = Delivery(f"gridhub/meters/{OTHER}/readings", orjson.dumps(reading(meterpoint_id=OTHER)), 4, 1, 1)
+    await subject._process([other])
+    assert client.acks[-1] == (4, 1)
+    outcomes = {
+        outcome: registry.get_sample_value("gridhub_collection_mqtt_messages_total", {"outcome": outcome})
+        for outcome in ("acked", "parked", "quota_exceeded")
+    }
+    assert outcomes == {"acked": 2, "parked": 1, "quota_exceeded": 1}
+    assert registry.get_sample_value("gridhub_collection_mqtt_parked_messages") == 1
+    assert (
+        registry.get_sample_value(
+            "gridhub_collection_rejections_total", {"channel": "mqtt", "reason": "quota_exceeded"}
+        )
+        == 1
+    )
