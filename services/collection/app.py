@@ -173,6 +173,7 @@ def create_ftp_ingress(
         max_file_bytes=boundary.policy.max_body_bytes,
         metrics=parts.metrics,
         wall_clock=wall_clock,
+        clock=clock or boundary.clock,
     )
     return FtpIngress(server, processor, settings)
 

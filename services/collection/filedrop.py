@@ -36,6 +36,7 @@ from libs.flowcontrol.clock import Clock, MonotonicClock
 from libs.flowcontrol.errors import Refused
 from libs.flowcontrol.quota import Quota
 from services.collection import csvformat
+from services.collection.adapters.ftpusers import check_login
 from services.collection.adapters.kafka import Publisher, PublishFailed, dead_letter_record
 from services.collection.domain import Accepted, Duplicate, ItemOutcome, Rejected
 from services.collection.handlers import READINGS, FileLine, Origin, Pipeline, count_outcomes, prepare_lines
@@ -74,8 +75,8 @@ class Spool:
         self.root = root.absolute()
 
     def home(self, login: str) -> Path:
-        """A partner's home (its FTP root: ``/inbox``, ``/outbox``)."""
-        return self.root / "users" / login
+        """A partner's home (its FTP root: ``/inbox``, ``/outbox``); ValueError for a name that is no login."""
+        return self.root / "users" / check_login(login)
 
     def outbox(self, login: str) -> Path:
         """Where a partner's receipts appear."""
@@ -89,7 +90,7 @@ class Spool:
         return home
 
     def _spool(self, login: str, part: str) -> Path:
-        folder = self.root / "spool" / login / part
+        folder = self.root / "spool" / check_login(login) / part
         folder.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         return folder
 

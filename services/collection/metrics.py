@@ -70,8 +70,9 @@ class CollectionMetrics:
 
         self.ftp_logins = Counter(
             "gridhub_collection_ftp_logins_total",
-            "FTP logins by outcome: ok, failed (unknown user or wrong password), anonymous (refused), throttled "
-            "(too many password checks from the address), busy (too many connections of the user).",
+            "FTP logins by outcome: ok, failed (unknown user or wrong password), anonymous (refused), invalid (a "
+            "name outside the login pattern, refused at USER), throttled (too many password checks from the "
+            "address), busy (too many connections of the user).",
             ["outcome"],
             registry=registry,
         )
@@ -84,8 +85,17 @@ class CollectionMetrics:
         )
         self.ftp_refusals = Counter(
             "gridhub_collection_ftp_refusals_total",
-            "FTP commands refused by reason (path_outside_home, not_allowed, bad_name).",
+            "FTP commands and connections refused by reason: path_outside_home, not_allowed, bad_name, "
+            "user_after_login (USER once logged in), address_cap (too many connections not logged in from one "
+            "address), login_timeout (closed: no login in time), foreign_data_peer (a data connection from "
+            "another address than the control connection's), tls_required, tls_injection (plain text behind "
+            "AUTH TLS), tls_handshake_failed.",
             ["reason"],
+            registry=registry,
+        )
+        self.ftp_unauthenticated = Gauge(
+            "gridhub_collection_ftp_unauthenticated_connections",
+            "FTP control connections open that have not logged in (yet).",
             registry=registry,
         )
         self.ftp_files = Counter(

@@ -162,6 +162,26 @@ class FtpSettings(_Section):
     # Password checks that are not cached (first login, wrong passwords) per remote address: guessing is slowed.
     login_checks_per_second: PositiveFloat = 2.0
     login_checks_burst: PositiveInt = 20
+    # A connection that has not logged in this long after connecting is closed (421): idle never-logged-in
+    # connections cannot hold the server's max_connections slots.
+    login_timeout_seconds: PositiveFloat = 30.0
+    # Connections from one address that have not logged in yet; one more is refused at once (421), so one host
+    # cannot take every slot before the login timeout frees them.
+    max_unauthenticated_per_address: PositiveInt = 4
+    # A failed PASS is answered only after this delay, doubled per consecutive failure from the address
+    # (reset by a success) up to the maximum; the connection reads nothing meanwhile.
+    failed_login_backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
+    max_failed_login_backoff_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # How long an address's failures are remembered, and for how many addresses at most (least recently
+    # failed forgotten first): the back-off's memory is bounded whatever the attacker sends.
+    failed_login_memory_seconds: PositiveFloat = 900.0
+    failed_login_max_addresses: PositiveInt = 10_000
+    # Explicit FTPS (AUTH TLS, RFC 4217): the server's certificate chain and key (PEM). Unset: plain FTP only.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Refuse USER/PASS before AUTH TLS, and data connections without PROT P. Production requires both.
+    tls_control_required: bool = False
+    tls_data_required: bool = False
     # Waits between publish attempts while Kafka is down (the file waits in the spool meanwhile).
     retry_backoff_seconds: PositiveFloat = 0.5
     max_retry_backoff_seconds: PositiveFloat = 10.0
@@ -171,6 +191,12 @@ class FtpSettings(_Section):
         first, last = self.passive_port_first, self.passive_port_last
         if (first == 0) != (last == 0) or first > last:
             raise ValueError("ftp passive ports: first <= last, or both 0 for any free port")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("ftp TLS: set both tls_cert_file and tls_key_file, or neither")
+        if (self.tls_control_required or self.tls_data_required) and self.tls_cert_file is None:
+            raise ValueError("ftp TLS: tls_control_required / tls_data_required need tls_cert_file and tls_key_file")
+        if self.failed_login_backoff_seconds > self.max_failed_login_backoff_seconds:
+            raise ValueError("ftp: failed_login_backoff_seconds must be <= max_failed_login_backoff_seconds")
         return self
 
 
