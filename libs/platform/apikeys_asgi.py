@@ -9,6 +9,7 @@ every request.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from datetime import datetime
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from libs.platform.apikeys import ApiKeyRecord, KeyStore, authenticate
+
+logger = logging.getLogger(__name__)
 
 
 class CachedKeyStore:
@@ -72,17 +75,28 @@ def _presented_key(scope: Scope) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Put the caller's valid API key record into ``scope["state"]["api_key"]``; never answers by itself."""
+    """Put the caller's valid API key record into ``scope["state"]["api_key"]``; never answers by itself.
 
-    def __init__(self, app: ASGIApp, *, store: KeyStore) -> None:
+    ``lenient``: a failing lookup (the database is down) is no identity here rather than a bare 500 from outside
+    the app's exception handlers; the route's own ``require_role`` lookup then answers it the app's way.
+    """
+
+    def __init__(self, app: ASGIApp, *, store: KeyStore, lenient: bool = False) -> None:
         self.app = app
         self.store = store
+        self.lenient = lenient
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             plain_key = _presented_key(scope)
             if plain_key:
-                record = await authenticate(self.store, plain_key)
+                try:
+                    record = await authenticate(self.store, plain_key)
+                except Exception:
+                    if not self.lenient:
+                        raise
+                    logger.debug("API key lookup failed in the middleware", exc_info=True)
+                    record = None
                 if record is not None:
                     scope.setdefault("state", {})["api_key"] = record
         await self.app(scope, receive, send)

@@ -6,26 +6,34 @@ variables are shared by all services (see `SHARED_ENV`); a service's own prefixe
 
 Secrets are `SecretStr`. Dev defaults must contain `DEV_ONLY_MARKER` so that nobody mistakes them for real
 values; in production every secret field is checked and placeholders or dev defaults stop the service.
+
+The HTTP edge is shared too: `trusted_proxies` (whose ``X-Forwarded-For`` names the client), the header timeout,
+and `internal_http_port`, the second listener that alone serves ``/metrics`` and the API documents. It is on by
+default in production (`DEFAULT_INTERNAL_HTTP_PORT`) and off in dev, where everything stays on the main port.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEV_ONLY_MARKER = "dev-only"
+DEFAULT_INTERNAL_HTTP_PORT = 9090
+"""The internal listener's port in production unless set: the port Prometheus scrapes (k8s annotations)."""
 
 # Shared variable -> field. The stack and the manifests set these once for every service.
 SHARED_ENV = {
     "GRIDHUB_ENVIRONMENT": "environment",
     "GRIDHUB_KAFKA_BOOTSTRAP": "kafka_bootstrap_servers",
     "GRIDHUB_LOG_LEVEL": "log_level",
+    "GRIDHUB_TRUSTED_PROXIES": "trusted_proxies",
+    "GRIDHUB_INTERNAL_HTTP_PORT": "internal_http_port",
 }
 
 _PLACEHOLDERS = frozenset(
@@ -80,6 +88,17 @@ class ServiceSettings(BaseSettings):
     environment: Environment = "dev"
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    # /metrics, /docs, /redoc and /openapi.json are served here only (and not on http_port) when set; on by
+    # default in production (DEFAULT_INTERNAL_HTTP_PORT), so scrapes and API browsing stay inside the cluster.
+    internal_http_port: int | None = Field(default=None, ge=1, le=65535)
+    # Comma-separated CIDRs of the reverse proxies in front of us. Only a peer in this list may name the client
+    # with X-Forwarded-For (its rightmost address not in the list); empty: the peer address is the client.
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
+    # A connection must deliver its request line and headers within this long (slowloris), idle ones included.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # A body still arriving this long after its answer was sent (the app did not read it: a refusal, a query) is
+    # cut off by closing the connection; a client sending at a normal pace finishes well within it.
+    http_drain_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     log_level: LogLevel = "INFO"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     # Every service redeclares it with a dev default containing DEV_ONLY_MARKER (refused in production).
@@ -103,6 +122,26 @@ class ServiceSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Rank the sources: arguments, service variables, shared variables, .env file, secret files."""
         return (init_settings, env_settings, _SharedEnvSource(settings_cls), dotenv_settings, file_secret_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _internal_port_in_production(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("environment") == "production" and not data.get("internal_http_port"):
+            return {**data, "internal_http_port": DEFAULT_INTERNAL_HTTP_PORT}
+        return data
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_internal_port(self) -> ServiceSettings:
+        if self.internal_http_port is not None and self.internal_http_port == self.http_port:
+            raise ValueError("internal_http_port must differ from http_port")
+        return self
 
     @model_validator(mode="after")
     def _check_pool_sizes(self) -> ServiceSettings:

@@ -18,6 +18,7 @@ from libs.flowcontrol.policy import (
     BreakerSettings,
     BufferSettings,
     BulkheadSettings,
+    PerClientSettings,
     QuotaSettings,
 )
 from libs.platform.settings import ServiceSettings, is_placeholder_secret
@@ -41,8 +42,13 @@ class Boundaries(_Section):
         quota=QuotaSettings(rate=20, burst=40),
         # Requests in flight at once; each holds its parsed batch until Kafka acks, so this bounds memory.
         bulkhead=BulkheadSettings(max_concurrent=8, max_wait=0.5, max_waiting=64, retry_after=1.0),
+        # Requests in flight (or waiting for the bulkhead) per client: one client never holds every slot (429).
+        per_client=PerClientSettings(max_per_client=4, retry_after=1.0),
         # 10,000 readings of ~200 bytes fit with room for whitespace.
         max_body_bytes=4 * 1024 * 1024,
+        # A body gets 10 s plus 1 s per 64 KiB (a full 4 MiB batch: 74 s); a slower one is cut off with 408.
+        body_timeout=10.0,
+        min_body_rate=64 * 1024,
     )
     mqtt_ingress: BoundaryPolicy = BoundaryPolicy(
         # Per device (meterpoint), in readings: a meter sends 4-96 readings an hour; burst = one full message.

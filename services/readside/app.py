@@ -25,10 +25,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from libs.flowcontrol.asgi import FlowControlMiddleware, client_key_resolver
 from libs.flowcontrol.delivery import DeliveryPolicy
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.policy import Boundary, build_boundary
 from libs.platform.apikeys import KeyStore, KeyStoreSlot, set_key_store
+from libs.platform.apikeys_asgi import ApiKeyMiddleware, CachedKeyStore
 from libs.platform.apikeys_store import PostgresKeyStore
 from libs.platform.db import create_pool, postgres_readiness
 from libs.platform.health import ReadinessRegistry, probe_check
@@ -57,6 +59,7 @@ class Parts:
     settings: ReadsideSettings
     registry: CollectorRegistry
     postgres: Boundary
+    rest_api: Boundary
     metrics: ReadsideMetrics
     lag: LagTracker
     readiness: ReadinessRegistry = field(default_factory=ReadinessRegistry)
@@ -78,11 +81,11 @@ class Parts:
 def build_parts(settings: ReadsideSettings, *, registry: CollectorRegistry | None = None) -> Parts:
     """The consumer's PostgreSQL boundary, the metrics and the lag tracker (no I/O)."""
     registry = REGISTRY if registry is None else registry
-    postgres = build_boundary(
-        "readside_postgres", settings.boundaries.readside_postgres, metrics=FlowMetrics.for_registry(registry)
-    )
+    flow_metrics = FlowMetrics.for_registry(registry)
+    postgres = build_boundary("readside_postgres", settings.boundaries.readside_postgres, metrics=flow_metrics)
+    rest_api = build_boundary("rest_api", settings.boundaries.rest_api, metrics=flow_metrics)
     metrics = readside_metrics(registry)
-    return Parts(settings, registry, postgres, metrics, LagTracker(metrics))
+    return Parts(settings, registry, postgres, rest_api, metrics, LagTracker(metrics))
 
 
 async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
@@ -184,7 +187,12 @@ def create_app(
         async with parts.exits:
             await start(parts, on_fatal=on_fatal)
             assert parts.pool is not None
-            keys.store = key_store or PostgresKeyStore(parts.pool)
+            # Cached either way (a test's store too), so what runs is what production runs.
+            keys.store = CachedKeyStore(
+                key_store or PostgresKeyStore(parts.pool),
+                ttl=settings.api_key_cache_seconds,
+                max_entries=settings.api_key_cache_size,
+            )
             app.state.queries = parts.queries
             try:
                 yield
@@ -200,6 +208,10 @@ def create_app(
     app.include_router(health_router())
     if settings.metrics_enabled:
         mount_metrics(app, registry=registry)
+    # Added innermost first. Outermost: correlation id, request metrics, API-key identity (so the quota keys on the
+    # client system), flow control (quota -> 429, in flight per client -> 429, bulkhead -> 503, body -> 413/408).
+    app.add_middleware(FlowControlMiddleware, boundary=parts.rest_api, client_key=client_key_resolver(header=None))
+    app.add_middleware(ApiKeyMiddleware, store=keys, lenient=True)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
     app.add_middleware(CorrelationIdMiddleware)
     return app

@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import SettingsConfigDict
 
 from libs.events import topics
-from libs.flowcontrol.policy import BoundaryPolicy, BreakerSettings, DeliverySettings, ThrottleSettings
+from libs.flowcontrol.policy import (
+    BoundaryPolicy,
+    BreakerSettings,
+    BulkheadSettings,
+    DeliverySettings,
+    PerClientSettings,
+    QuotaSettings,
+    ThrottleSettings,
+)
 from libs.platform.settings import DEV_ONLY_MARKER, ServiceSettings
 
 DEV_POSTGRES_DSN = f"postgresql://readside:readside-{DEV_ONLY_MARKER}-password@127.0.0.1:5432/readside"
@@ -27,6 +35,17 @@ class Boundaries(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # The query API, per client system (API key; the address before authentication): web and mobile back ends
+    # poll, so the quota is per request and generous. Every query holds a pooled connection, hence the bulkhead
+    # at a little above the pool; one client never holds more than a quarter of it.
+    rest_api: BoundaryPolicy = BoundaryPolicy(
+        quota=QuotaSettings(rate=50, burst=100),
+        per_client=PerClientSettings(max_per_client=4, retry_after=1.0),
+        bulkhead=BulkheadSettings(max_concurrent=16, max_wait=0.5, max_waiting=64, retry_after=1.0),
+        # Queries are GETs: a body is never needed, so any body is small and must come quickly.
+        max_body_bytes=16 * 1024,
+        body_timeout=5.0,
+    )
     # The consumer's boundary towards PostgreSQL: one failed or slow batch opens the breaker (pause every
     # partition), then one probe per `wait_in_open` decides when to resume. Poison records are never retried
     # (they are Rejects).
@@ -57,6 +76,8 @@ class Boundaries(BaseModel):
             raise ValueError("boundaries.readside_postgres needs a breaker")
         if self.readside_rebuild.throttle is None:
             raise ValueError("boundaries.readside_rebuild needs a throttle")
+        if self.rest_api.quota is None or (self.rest_api.bulkhead is None and self.rest_api.limiter is None):
+            raise ValueError("boundaries.rest_api needs a quota and a bulkhead or limiter")
         return self
 
 
@@ -105,7 +126,11 @@ class ReadsideSettings(ServiceSettings):
     workorders_page_size: int = Field(default=50, ge=1, le=1000)
     active_alarm_days: int = Field(default=30, ge=1, description="Alarms older than this are no longer active.")
     customer_consumption_days: int = Field(default=30, ge=1, le=366)
+    # Off only in dev and tests (production refuses it): the views hold customers' names and consumption.
     require_api_key: bool = True
+    # API keys are looked up in PostgreSQL once per this many seconds per key (a revoked key works this long).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    api_key_cache_size: int = Field(default=10_000, ge=1, le=1_000_000)
 
     boundaries: Boundaries = Boundaries()
 
@@ -124,6 +149,12 @@ class ReadsideSettings(ServiceSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
+
+    @model_validator(mode="after")
+    def _api_keys_in_production(self) -> Self:
+        if self.environment == "production" and not self.require_api_key:
+            raise ValueError("production refuses require_api_key=false: the views are not public")
+        return self
 
     @model_validator(mode="after")
     def _rebuild_burst_holds_a_batch(self) -> Self:

@@ -4,7 +4,13 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from libs.platform.settings import DEV_ONLY_MARKER, SHARED_ENV, ServiceSettings, is_placeholder_secret
+from libs.platform.settings import (
+    DEFAULT_INTERNAL_HTTP_PORT,
+    DEV_ONLY_MARKER,
+    SHARED_ENV,
+    ServiceSettings,
+    is_placeholder_secret,
+)
 
 DEV_DSN = f"postgresql://workorders:workorders-{DEV_ONLY_MARKER}@127.0.0.1:5432/workorders"
 REAL_DSN = "postgresql://workorders:Zq8v4Lw2pR7kT1xN@db.internal:5432/workorders"
@@ -134,3 +140,30 @@ def test_is_placeholder_secret(value: str) -> None:
 
 def test_real_secret_is_not_a_placeholder() -> None:
     assert not is_placeholder_secret("Zq8v4Lw2pR7kT1xN")
+
+
+def _production(**values: object) -> WorkordersSettings:
+    return WorkordersSettings(
+        environment="production",
+        postgres_dsn=SecretStr(REAL_DSN),
+        customers_soap_password=SecretStr("Xk29fLq0pW8e"),
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def test_production_serves_metrics_and_documents_on_the_internal_port_unless_moved() -> None:
+    assert WorkordersSettings().internal_http_port is None, "dev keeps everything on the main port"
+    assert _production().internal_http_port == DEFAULT_INTERNAL_HTTP_PORT
+    assert _production(internal_http_port=9191).internal_http_port == 9191
+    with pytest.raises(ValidationError, match="internal_http_port must differ from http_port"):
+        _production(internal_http_port=8000, http_port=8000)
+
+
+def test_trusted_proxies_are_a_comma_separated_list_of_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRIDHUB_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,fd00::/8")
+    settings = WorkordersSettings()
+    assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]
+    assert WorkordersSettings(trusted_proxies=()).trusted_proxies == ()
+    monkeypatch.setenv("GRIDHUB_TRUSTED_PROXIES", "10.0.0.0/8,not-an-address")
+    with pytest.raises(ValidationError, match="trusted_proxies"):
+        WorkordersSettings()

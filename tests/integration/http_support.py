@@ -1,0 +1,93 @@
+"""Serving an app in the test's own event loop over real sockets, the way ``python -m services.<name>`` does.
+
+`served(app, settings)` runs uvicorn with `libs.platform.serve.server_config` on `listen_sockets(settings)` (the
+main port and, when set, the internal one), so the header timeout, the proxy headers and the internal-port gate
+are the production ones; `SlowClient` is a raw socket that sends a request a byte at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+
+from libs.platform.serve import listen_sockets, server_config
+from libs.platform.settings import ServiceSettings
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any, settings: ServiceSettings, *, timeout: float = 30.0) -> AsyncIterator[str]:
+    """Run ``app`` (its lifespan included) on ``settings``' ports until the block ends; yields the base URL."""
+    server = uvicorn.Server(server_config(app, settings))
+    sockets = listen_sockets(settings)
+    task = asyncio.create_task(server.serve(sockets=sockets))
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the server stopped before it started")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server did not start within {timeout} s")
+            await asyncio.sleep(0.01)
+        yield f"http://{settings.http_host}:{settings.http_port}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20.0)
+        for sock in sockets:
+            sock.close()
+
+
+class SlowClient:
+    """One connection sending a request's head at once and then its body one byte per ``interval`` seconds."""
+
+    def __init__(self, host: str, port: int, head: bytes, body_length: int, *, interval: float = 1.0) -> None:
+        self.host, self.port, self.head, self.body_length, self.interval = host, port, head, body_length, interval
+        self.status: int | None = None
+        self.closed_by_server = False
+        self.answer = b""
+        self.bytes_sent = 0
+
+    async def run(self, deadline: float) -> None:
+        """Trickle until the server answers and closes, all bytes are sent, or ``deadline`` (monotonic) passes."""
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(self.head)
+            await writer.drain()
+            reading = asyncio.create_task(self._read_until_closed(reader))
+            while not reading.done() and self.bytes_sent < self.body_length and time.monotonic() < deadline:
+                with contextlib.suppress(ConnectionError):
+                    writer.write(b"0")
+                    await writer.drain()
+                    self.bytes_sent += 1
+                await asyncio.wait({reading}, timeout=self.interval)
+            await asyncio.wait({reading}, timeout=max(0.0, deadline - time.monotonic()))
+            reading.cancel()
+            if self.answer.startswith(b"HTTP/1.1 "):
+                self.status = int(self.answer[9:12])
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _read_until_closed(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                self.answer += chunk
+        except ConnectionError:
+            pass
+        self.closed_by_server = True
