@@ -301,6 +301,18 @@ class CollectionSettings(ServiceSettings):
             raise ValueError("placeholder or dev-only secret in production: mqtt.password")
         return self
 
+    @model_validator(mode="after")
+    def _ftps_in_production(self) -> Self:
+        # Partner passwords and meter data must not cross the network in clear text: plain FTP is for dev only.
+        ftp = self.ftp
+        if self.environment != "production" or not ftp.enabled:
+            return self
+        # The certificate and key themselves are loaded when the server starts (a missing or unreadable file stops
+        # it there), since they are mounted where the service runs, not where its settings are checked.
+        if not (ftp.tls_control_required and ftp.tls_data_required):
+            raise ValueError("production needs FTPS: ftp.tls_control_required and ftp.tls_data_required")
+        return self
+
     @classmethod
     def defaults(cls) -> CollectionSettings:
         """Every default and nothing from the environment: what the generated contracts document."""

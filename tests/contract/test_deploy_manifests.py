@@ -195,6 +195,8 @@ def test_every_secret_in_compose_comes_from_a_required_variable() -> None:
         "CUSTOMERS_CLIENTS",
         "WORKORDERS_CUSTOMERS_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
+        "COLLECTION_FTPS_CERTIFICATE",
+        "COLLECTION_FTPS_KEY",
     }
     assert required == expected
     for name, service in _compose()["services"].items():
@@ -279,6 +281,12 @@ def test_compose_environment_gives_valid_production_settings(service: str, monke
         assert (settings.mqtt.host, settings.mqtt.port) == ("mosquitto", 1884), "the service listener"
         assert str(settings.ftp.root).startswith("/data/"), "the FTP spool belongs on the data volume"
         assert {"/data"} <= {m.split(":")[1] for m in _compose()["services"]["collection"]["volumes"]}
+        # FTPS only, with the certificate and key from the compose secrets the service mounts.
+        assert settings.ftp.tls_control_required
+        assert settings.ftp.tls_data_required
+        mounted = {f"/run/secrets/{name}" for name in _compose()["services"]["collection"]["secrets"]}
+        assert {str(settings.ftp.tls_cert_file), str(settings.ftp.tls_key_file)} <= mounted
+        assert set(_compose()["secrets"]) >= {Path(path).name for path in mounted}
     if service == "workorders":
         assert settings.customers_soap_url.startswith("http://customers:8082/")
 
@@ -558,6 +566,15 @@ def test_manifest_environment_gives_valid_settings(overlay: str, service: str, m
         # The pod name: stable per replica, so each keeps its own MQTT persistent session.
         assert settings.mqtt.client_id == "collection-0"
         assert str(settings.ftp.root).startswith("/data/")
+        # FTPS only, with the certificate and key from the Secret mounted into the pod.
+        assert settings.ftp.tls_control_required
+        assert settings.ftp.tls_data_required
+        spec = _named(overlay, "StatefulSet", "collection")["spec"]["template"]["spec"]
+        [volume] = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "gridhub-collection-ftps"]
+        [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        assert settings.ftp.tls_cert_file == Path(mount["mountPath"]) / "tls.crt"
+        assert settings.ftp.tls_key_file == Path(mount["mountPath"]) / "tls.key"
 
 
 @overlays

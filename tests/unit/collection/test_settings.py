@@ -7,7 +7,15 @@ import pytest
 from pydantic import ValidationError
 
 from libs.flowcontrol.policy import BoundaryPolicy, BufferSettings, QuotaSettings
-from services.collection.settings import Boundaries, CollectionSettings, MqttSettings
+from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
+
+# Production needs FTPS; the files are loaded when the server starts, so the settings take any path.
+FTPS = FtpSettings(
+    tls_cert_file="/etc/gridhub/ftps/tls.crt",
+    tls_key_file="/etc/gridhub/ftps/tls.key",
+    tls_control_required=True,
+    tls_data_required=True,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,4 +62,27 @@ def test_production_refuses_the_dev_secrets() -> None:
         environment="production",
         postgres_dsn="postgresql://c:Zq8v4Lw2pR7kT1xN@db/c",
         mqtt=MqttSettings(password="Hq2m9Ww4Tz7Kc1Pd"),
+        ftp=FTPS,
     )
+
+
+def test_production_refuses_plain_ftp_and_dev_allows_it() -> None:
+    secrets = {
+        "postgres_dsn": "postgresql://c:Zq8v4Lw2pR7kT1xN@db/c",
+        "mqtt": MqttSettings(password="Hq2m9Ww4Tz7Kc1Pd"),
+    }
+    with pytest.raises(ValidationError, match="production needs FTPS"):
+        CollectionSettings(environment="production", **secrets)  # type: ignore[arg-type]
+    optional = FTPS.model_copy(update={"tls_data_required": False})
+    with pytest.raises(ValidationError, match="production needs FTPS"):
+        CollectionSettings(environment="production", ftp=optional, **secrets)  # type: ignore[arg-type]
+    # Without FTP at all there is nothing to protect; in dev plain FTP is the default.
+    CollectionSettings(environment="production", ftp=FtpSettings(enabled=False), **secrets)  # type: ignore[arg-type]
+    assert CollectionSettings().ftp.tls_control_required is False
+
+
+def test_ftps_needs_both_files_before_it_can_be_required() -> None:
+    with pytest.raises(ValidationError, match="both tls_cert_file and tls_key_file"):
+        FtpSettings(tls_cert_file="/etc/gridhub/ftps/tls.crt")
+    with pytest.raises(ValidationError, match="need tls_cert_file and tls_key_file"):
+        FtpSettings(tls_control_required=True)
