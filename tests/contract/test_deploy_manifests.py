@@ -50,6 +50,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "readside": ReadsideSettings,
 }
 PORTS = {"collection": 8001, "customers": 8082, "workorders": 8083, "readside": 8004}
+# /metrics and the API documents answer only here in production (libs/platform/internal.py), never published.
+INTERNAL_PORT = 9090
+MONITORING = {"namespaceSelector": {"matchLabels": {"gridhub.io/monitoring": "true"}}}
 PREFIXES = {name: f"{name.upper()}_" for name in SETTINGS}
 CUSTOM_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "Cluster", "Database", "ScaledObject"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
@@ -220,6 +223,8 @@ def test_compose_services_are_hardened_and_wait_for_healthy_dependencies() -> No
         assert any(mount.startswith("/tmp") for mount in service["tmpfs"])
         assert "user" not in service, "the image's own non-root user"
         assert f"http://127.0.0.1:{port}/readyz" in service["healthcheck"]["test"]
+        published = [int(mapping.rsplit(":", 1)[1].split("-")[0]) for mapping in service.get("ports", [])]
+        assert INTERNAL_PORT not in published, f"{name}: the internal port stays inside the compose network"
     for name, service in services.items():
         one_shot = service.get("restart") == "no"
         assert one_shot or "healthcheck" in service, f"{name} has no health check"
@@ -274,6 +279,7 @@ def test_compose_environment_gives_valid_production_settings(service: str, monke
     assert settings.environment == "production"
     assert settings.http_host == "0.0.0.0"
     assert settings.http_port == PORTS[service]
+    assert settings.internal_http_port == INTERNAL_PORT
     assert settings.kafka_bootstrap_servers == "kafka:9092"
     dsn = settings.postgres_dsn.get_secret_value()
     assert re.fullmatch(rf"postgresql://{service}:[0-9a-f]+@postgres:5432/{service}", dsn)
@@ -356,8 +362,8 @@ def test_postgres_init_creates_one_database_and_role_per_service_without_passwor
 def test_prometheus_scrapes_every_service_and_alerts_are_well_formed() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    for name, port in PORTS.items():
-        assert targets[name] == [f"{name}:{port}"]
+    for name in PORTS:
+        assert targets[name] == [f"{name}:{INTERNAL_PORT}"], "metrics answer on the internal port only"
     assert targets["kafka-exporter"] == ["kafka-exporter:9308"]
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in _compose()["services"]["prometheus"]["volumes"]
@@ -512,6 +518,9 @@ def test_each_service_runs_the_image_with_its_probes_service_and_disruption_budg
         assert container["image"] == images[overlay]
         assert container["args"] == [f"services.{name}"]
         assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        assert {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"} in container["ports"]
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(INTERNAL_PORT), "metrics answer on the internal port only"
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
@@ -519,6 +528,9 @@ def test_each_service_runs_the_image_with_its_probes_service_and_disruption_budg
         assert budgets[name]["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert services[name]["spec"]["selector"].items() <= labels.items()
         assert services[name]["spec"]["ports"][0]["port"] == port
+        assert {"name": "internal", "port": INTERNAL_PORT, "targetPort": "internal", "protocol": "TCP"} in services[
+            name
+        ]["spec"]["ports"]
 
 
 def _container_environment(overlay: str, workload: dict[str, Any]) -> dict[str, str]:
@@ -559,6 +571,8 @@ def test_manifest_environment_gives_valid_settings(overlay: str, service: str, m
     assert settings.environment == ("production" if overlay == "prod" else "dev")
     assert settings.http_host == "0.0.0.0"
     assert settings.http_port == PORTS[service]
+    assert settings.internal_http_port == INTERNAL_PORT
+    assert settings.trusted_proxies == (), "set per cluster: the ingress controller's pod CIDR"
     assert settings.kafka_bootstrap_servers == "gridhub-kafka-bootstrap:9092"
     dsn = settings.postgres_dsn.get_secret_value()
     assert re.fullmatch(rf"postgresql://{service}:[0-9a-f]+@gridhub-pg-rw:5432/{service}\?sslmode=require", dsn)
@@ -734,6 +748,11 @@ def test_network_policies_deny_by_default_and_cover_every_gridhub_pod(overlay: s
         egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
         if name in SETTINGS:
             assert {9092, 5432} <= egress_ports, name
+            # The internal port from monitoring only; monitoring reaches nothing else.
+            internal = [rule for rule in policy["ingress"] if INTERNAL_PORT in {p["port"] for p in rule["ports"]}]
+            assert internal == [{"from": [MONITORING], "ports": [{"protocol": "TCP", "port": INTERNAL_PORT}]}], name
+            others = [rule for rule in policy["ingress"] if rule not in internal]
+            assert all(MONITORING not in rule.get("from", []) for rule in others), name
     assert 1884 in {p["port"] for rule in policies["collection"]["spec"]["egress"] for p in rule["ports"]}
     # The service listener only from collection: a device that reached it could try the services' account.
     (services_rule,) = [r for r in policies["mosquitto"]["spec"]["ingress"] if 1884 in {p["port"] for p in r["ports"]}]
