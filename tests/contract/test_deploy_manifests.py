@@ -348,6 +348,22 @@ def test_mosquitto_acl_is_the_local_stacks_and_k8s_carries_the_same_files() -> N
     assert re.search(r"^use_username_as_clientid true$", devices, re.MULTILINE)
 
 
+def test_alerts_fire_when_the_mqtt_broker_drops_messages_or_holds_too_many() -> None:
+    rules = {
+        rule["alert"]: rule
+        for group in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    dropping, deep = rules["GridHubMqttBrokerDropping"], rules["GridHubMqttBrokerQueueDeep"]
+    assert 'gridhub_collection_mqtt_broker{counter="dropped_messages"}' in dropping["expr"]
+    assert dropping["labels"]["severity"] == "critical", "dropped messages were acknowledged to meters: data lost"
+    assert 'gridhub_collection_mqtt_broker{counter="stored_messages"}' in deep["expr"]
+    assert "gridhub_collection_mqtt_broker" in _registered_metric_names()
+    # The collection reads these counters from $SYS: the service listener's ACL lets it, the broker publishes them.
+    assert "topic read $SYS/broker/#" in (DEPLOY / "mosquitto" / "acl.services").read_text()
+    assert re.search(r"^sys_interval \d+$", (DEPLOY / "mosquitto" / "mosquitto.conf").read_text(), re.MULTILINE)
+
+
 def test_postgres_init_creates_one_database_and_role_per_service_without_passwords() -> None:
     sql = (DEPLOY / "postgres" / "initdb" / "10-gridhub-databases.sql").read_text()
     for service in SETTINGS:
