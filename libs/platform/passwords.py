@@ -22,6 +22,7 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 _MAXMEM = 64 * 1024 * 1024
 _DKLEN = 32
+_MIN_SALT_BYTES = 16
 _HASH = re.compile(r"scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)")
 
 
@@ -43,13 +44,24 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
 
 
 def check_hash_format(encoded: str) -> str:
-    """Return ``encoded`` when `verify_password` can use it; raise ValueError otherwise."""
+    """Return ``encoded`` when it is a hash as strong as `hash_password` makes; raise ValueError otherwise.
+
+    Weak parameters are refused: scrypt cost ``n`` below 2**14 (or not a power of two), block size ``r`` below 8,
+    parallelism ``p`` below 1, more than 32 MiB per check, a salt under 16 bytes (a precomputed table covers it) or a
+    digest under 32 bytes (a short digest lets a wrong password match by chance: one byte, one guess in 256).
+    """
     match = _HASH.fullmatch(encoded)
     if match is None:
         raise ValueError("a password hash must be 'scrypt$n$r$p$salt$hash'")
     n, r, p = (int(group) for group in match.groups()[:3])
     if n < 2**14 or n & (n - 1) or r < 8 or p < 1 or 128 * r * n * p > _MAXMEM // 2:
         raise ValueError("scrypt parameters must be n >= 2**14 (a power of two), r >= 8, p >= 1 and fit 32 MiB")
+    try:
+        salt, digest = _unb64(match.group(4)), _unb64(match.group(5))
+    except (binascii.Error, ValueError):
+        raise ValueError("the salt and hash of a password hash must be base64url") from None
+    if len(salt) < _MIN_SALT_BYTES or len(digest) < _DKLEN:
+        raise ValueError(f"scrypt salt must be >= {_MIN_SALT_BYTES} bytes and the hash >= {_DKLEN} bytes")
     return encoded
 
 
