@@ -584,9 +584,10 @@ class PartnerFtpServer(aioftp.Server):
             await handler_callback(reader, writer)
 
         tls = self._tls if self._session(connection).protected else None
+        handshake = self._settings.socket_timeout_seconds if tls is not None else None
         host = connection.server_host
         if self.available_data_ports is None:
-            return await asyncio.start_server(from_the_client_only, host, 0, ssl=tls)
+            return await asyncio.start_server(from_the_client_only, host, 0, ssl=tls, ssl_handshake_timeout=handshake)
         tried: set[int] = set()
         while True:
             try:
@@ -598,7 +599,9 @@ class PartnerFtpServer(aioftp.Server):
                 raise aioftp.errors.NoAvailablePort
             tried.add(port)
             try:
-                server = await asyncio.start_server(from_the_client_only, host, port, ssl=tls)
+                server = await asyncio.start_server(
+                    from_the_client_only, host, port, ssl=tls, ssl_handshake_timeout=handshake
+                )
             except OSError as error:
                 self.available_data_ports.put_nowait((priority + 1, port))
                 if error.errno != errno.EADDRINUSE:

@@ -485,3 +485,39 @@ async def test_ftps_works_end_to_end_and_plain_text_is_refused(ftp_service: FtpF
 
         with pytest.raises(ssl.SSLCertVerificationError):
             await asyncio.to_thread(untrusting)
+
+
+async def test_ftps_data_protection_may_change_where_it_is_not_required(
+    ftp_service: FtpFactory, tmp_path: Path
+) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    tls = {"tls_cert_file": cert, "tls_key_file": key, "tls_control_required": True, "tls_data_required": False}
+    async with ftp_service(**tls) as service:
+        login, password = await service.add_partner()
+        port = service.port
+
+        # Plain text behind AUTH TLS, before the handshake, would pass as if it came over TLS: the server closes.
+        async with raw(port) as injector:
+            injector.send("AUTH TLS", f"USER {login}")
+            assert await injector.reply() == ("503", "nothing may follow AUTH TLS before the handshake; closing")
+            assert await injector.closed() == b""
+        assert service.metric("gridhub_collection_ftp_refusals_total", reason="tls_injection") == 1
+
+        def clear_then_protected() -> list[str]:
+            client = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=str(ca)), timeout=15)
+            client.connect(HOST, port)
+            try:
+                client.login(login, password)
+                listing: list[str] = []
+                client.retrlines("LIST /outbox", listing.append)  # data in clear: allowed here
+                # PROT P closes the clear listener, so the next transfer's data connection is TLS.
+                client.prot_p()
+                client.storbinary("STOR /inbox/mixed.csv", io.BytesIO(upload_body(new_meterpoint())))
+                client.quit()
+                return listing
+            finally:
+                client.close()
+
+        assert await asyncio.to_thread(clear_then_protected) == []
+        receipt = orjson.loads(await wait_for_file(service.outbox(login) / "mixed.csv.receipt.json"))
+        assert receipt["accepted"] == 1
