@@ -45,9 +45,15 @@ class Edge:
     partner: str
 
 
-def _settings(kafka_bootstrap: str, **changes: object) -> CollectionSettings:
+# The slow-body tests must never meet the quota; the anonymous callers' tests watch their bucket drain, so it must
+# not refill between two requests.
+AMPLE_QUOTA = QuotaSettings(rate=1000, burst=1000)
+SLOW_QUOTA = QuotaSettings(rate=0.001, burst=100)
+
+
+def _settings(kafka_bootstrap: str, quota: QuotaSettings = AMPLE_QUOTA, **changes: object) -> CollectionSettings:
     rest = BoundaryPolicy(
-        quota=QuotaSettings(rate=1000, burst=1000),
+        quota=quota,
         bulkhead=BulkheadSettings(max_concurrent=8, max_wait=0.5, max_waiting=64, retry_after=1.0),
         per_client=PerClientSettings(max_per_client=4, retry_after=2.0),
         max_body_bytes=4 * 1024 * 1024,
@@ -188,3 +194,52 @@ async def test_a_client_trickling_its_headers_is_closed_at_the_header_timeout(ka
             await writer.wait_closed()
     assert answer == b"", "a half-sent request gets no answer, only a closed connection"
     assert HEADER_TIMEOUT - 0.5 <= time.monotonic() - started <= HEADER_TIMEOUT + 2.0
+
+
+def _remaining(response: httpx.Response) -> int:
+    """``r`` of the RateLimit field: the tokens left in the bucket this answer was charged to."""
+    fields = dict(part.split("=", 1) for part in response.headers["ratelimit"].split(";")[1:])
+    return int(fields["r"])
+
+
+async def _anonymous_post(base_url: str, local_address: str, forwarded_for: str | None = None) -> httpx.Response:
+    headers = {"Content-Type": "application/json", "X-API-Key": "ghk_0000000000000000_" + "x" * 43}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
+    transport = httpx.AsyncHTTPTransport(local_address=local_address)
+    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=5.0) as client:
+        return await client.post("/v1/readings", content=b"[]", headers=headers)
+
+
+async def test_anonymous_callers_each_see_their_own_bucket(kafka_bootstrap: str) -> None:
+    settings = _settings(kafka_bootstrap, SLOW_QUOTA)
+    app = create_app(settings, key_store=InMemoryKeyStore(), readiness_checks=[], registry=CollectorRegistry())
+    async with served(app, settings) as base_url:
+        first = [await _anonymous_post(base_url, "127.0.0.2") for _ in range(5)]
+        other = await _anonymous_post(base_url, "127.0.0.3")
+        again = await _anonymous_post(base_url, "127.0.0.2")
+    assert {response.status_code for response in [*first, other, again]} == {401}
+    burst = 100
+    assert [_remaining(response) for response in first] == [burst - 1 - n for n in range(5)]
+    # The other address's 401 shows its own untouched bucket, not the one the first caller spent.
+    assert _remaining(other) == burst - 1
+    assert _remaining(again) == burst - 6
+
+
+async def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(kafka_bootstrap: str) -> None:
+    # The ingress is 127.0.0.1; clients behind it are 198.51.100.7 and .8; 127.0.0.9 connects directly and lies.
+    settings = _settings(kafka_bootstrap, SLOW_QUOTA, trusted_proxies=("127.0.0.1/32",))
+    app = create_app(settings, key_store=InMemoryKeyStore(), readiness_checks=[], registry=CollectorRegistry())
+    async with served(app, settings) as base_url:
+        spent = [await _anonymous_post(base_url, "127.0.0.1", "198.51.100.7") for _ in range(3)]
+        neighbour = await _anonymous_post(base_url, "127.0.0.1", "198.51.100.8")
+        # A client's own X-Forwarded-For is kept by the ingress in front; the ingress appends the address it saw.
+        appended = await _anonymous_post(base_url, "127.0.0.1", "198.51.100.8, 198.51.100.7")
+        liar = await _anonymous_post(base_url, "127.0.0.9", "198.51.100.7")
+        liar_again = await _anonymous_post(base_url, "127.0.0.9", "198.51.100.7")
+    burst = 100
+    assert [_remaining(response) for response in spent] == [burst - 1, burst - 2, burst - 3]
+    assert _remaining(neighbour) == burst - 1, "another client behind the same ingress has its own bucket"
+    assert _remaining(appended) == burst - 4, "the rightmost address not a proxy is the client"
+    # Not a trusted proxy: its header is ignored and it is charged as itself, not as 198.51.100.7.
+    assert [_remaining(liar), _remaining(liar_again)] == [burst - 1, burst - 2]
