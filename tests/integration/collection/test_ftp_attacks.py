@@ -521,3 +521,36 @@ async def test_ftps_data_protection_may_change_where_it_is_not_required(
         assert await asyncio.to_thread(clear_then_protected) == []
         receipt = orjson.loads(await wait_for_file(service.outbox(login) / "mixed.csv.receipt.json"))
         assert receipt["accepted"] == 1
+
+
+async def test_ftps_with_curl_as_a_partner_would(ftp_service: FtpFactory, tmp_path: Path) -> None:
+    ensure_packages(["curl"], ["curl"])
+    ca, cert, key = make_certificates(tmp_path)
+    tls = {"tls_cert_file": cert, "tls_key_file": key, "tls_control_required": True, "tls_data_required": True}
+    upload = tmp_path / "curl.csv"
+    upload.write_bytes(upload_body(new_meterpoint()))
+    async with ftp_service(**tls) as service:
+        login, password = await service.add_partner()
+        base = f"ftp://127.0.0.1:{service.port}"
+
+        def curl(*arguments: str) -> subprocess.CompletedProcess[bytes]:
+            command = ["curl", "--silent", "--show-error", "--ssl-reqd", "--cacert", str(ca), "--max-time", "30"]
+            return subprocess.run(
+                [*command, "--user", f"{login}:{password}", *arguments], capture_output=True, timeout=60, check=False
+            )
+
+        sent = await asyncio.to_thread(curl, "--upload-file", str(upload), f"{base}/inbox/curl.csv")
+        assert sent.returncode == 0, sent.stderr
+        await wait_for_file(service.outbox(login) / "curl.csv.receipt.json")
+        fetched = await asyncio.to_thread(curl, f"{base}/outbox/curl.csv.receipt.json")
+        assert fetched.returncode == 0, fetched.stderr
+        assert orjson.loads(fetched.stdout)["accepted"] == 1
+        # Without TLS curl gets no login at all.
+        plain = await asyncio.to_thread(
+            subprocess.run,
+            ["curl", "--silent", "--max-time", "30", "--user", f"{login}:{password}", f"{base}/outbox/"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert plain.returncode != 0
