@@ -10,9 +10,10 @@ from prometheus_client import CollectorRegistry
 from libs.flowcontrol.quota import Quota
 from libs.flowcontrol.testing import FakeClock
 from services.collection.adapters.ftpusers import InMemoryFtpUserStore, check_login, new_ftp_user
-from services.collection.entrypoints.ftp import PartnerUser, PartnerUsers, escapes_home
+from services.collection.entrypoints.ftp import PartnerUser, PartnerUsers, escapes_home, server_tls_context
 from services.collection.filedrop import Spool
 from services.collection.metrics import CollectionMetrics
+from services.collection.settings import FtpSettings
 
 ROOT = PurePosixPath("/")
 
@@ -98,3 +99,23 @@ async def test_logins_anonymous_refused_wrong_refused_sessions_capped(tmp_path: 
     assert third is not None
     assert "too many login attempts" in (await users.check(third, "another wrong one", "10.0.0.1") or "")
     assert registry.get_sample_value("gridhub_collection_ftp_logins_total", {"outcome": "throttled"}) == 1
+
+
+@pytest.mark.parametrize("login", ["../../x", "a/b", "..", "x" * 64, "A", "a\\b", "a\x00b"])
+async def test_a_login_that_could_become_a_path_is_refused_at_user(login: str, tmp_path: Path) -> None:
+    metrics = CollectionMetrics(CollectorRegistry())
+    users = PartnerUsers(
+        InMemoryFtpUserStore(), Spool(tmp_path), max_connections_per_user=4, checks=Quota(2, 20), metrics=metrics
+    )
+    state, user, _ = await users.get_user(login)
+    assert (state, user) == (PartnerUsers.GetUserResponse.ERROR, None)
+    assert not (tmp_path / "users").exists()
+    with pytest.raises(ValueError, match="a login is"):
+        Spool(tmp_path).home(login)
+
+
+def test_missing_tls_files_stop_the_server_at_start_naming_them(tmp_path: Path) -> None:
+    settings = FtpSettings(tls_cert_file=tmp_path / "missing.crt", tls_key_file=tmp_path / "missing.key")
+    with pytest.raises(ValueError, match=r"ftp TLS: cannot load the certificate .*missing\.crt"):
+        server_tls_context(settings)
+    assert server_tls_context(FtpSettings()) is None
