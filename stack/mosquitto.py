@@ -1,9 +1,10 @@
 """Mosquitto from Debian's package: two listeners (devices, services), each with its own password file and ACL.
 
-The same layout as deploy/mosquitto (see docs/security.md, MQTT): on the device listener (``mqtt_port``, 1883) the
-broker replaces every client id by the user name, so a device can only ever hold its own session; the service
-listener (``mqtt_service_port``, 1884) admits the services' accounts only, and the collection's stable client id
-lives there. Persistence on, bounded queues and packets, loopback only.
+The layout of deploy/mosquitto (see docs/security.md, MQTT) in plain MQTT for dev (deploy/ is TLS only, devices on
+8883): on the device listener (``mqtt_port``, 1883) the broker replaces every client id by the user name, so a
+device can only ever hold its own session; the service listener (``mqtt_service_port``, 1884) admits the
+services' accounts only, and the collection's stable client id lives there. Persistence on, bounded queues and
+packets, loopback only.
 """
 
 from __future__ import annotations

@@ -313,6 +313,13 @@ class CollectionSettings(ServiceSettings):
             raise ValueError("production needs FTPS: ftp.tls_control_required and ftp.tls_data_required")
         return self
 
+    @model_validator(mode="after")
+    def _mqtt_tls_in_production(self) -> Self:
+        # Device readings and the service's password must not cross the network in clear text.
+        if self.environment == "production" and self.mqtt.enabled and self.mqtt.tls_ca_file is None:
+            raise ValueError("production needs MQTT over TLS: set mqtt.tls_ca_file (the broker's CA)")
+        return self
+
     @classmethod
     def defaults(cls) -> CollectionSettings:
         """Every default and nothing from the environment: what the generated contracts document."""

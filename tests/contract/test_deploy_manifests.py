@@ -200,6 +200,9 @@ def test_every_secret_in_compose_comes_from_a_required_variable() -> None:
         "GRAFANA_ADMIN_PASSWORD",
         "COLLECTION_FTPS_CERTIFICATE",
         "COLLECTION_FTPS_KEY",
+        "MQTT_TLS_CA",
+        "MQTT_TLS_CERTIFICATE",
+        "MQTT_TLS_KEY",
     }
     assert required == expected
     for name, service in _compose()["services"].items():
@@ -285,6 +288,15 @@ def test_compose_environment_gives_valid_production_settings(service: str, monke
     assert re.fullmatch(rf"postgresql://{service}:[0-9a-f]+@postgres:5432/{service}", dsn)
     if service == "collection":
         assert (settings.mqtt.host, settings.mqtt.port) == ("mosquitto", 1884), "the service listener"
+        # MQTT over TLS: the broker's CA from the compose secret the broker's certificate comes with.
+        assert str(settings.mqtt.tls_ca_file) == "/run/secrets/mqtt_tls_ca"
+        assert "mqtt_tls_ca" in _compose()["services"]["collection"]["secrets"]
+        broker_secrets = {s["source"]: s["target"] for s in _compose()["services"]["mosquitto"]["secrets"]}
+        assert broker_secrets == {
+            "mqtt_tls_ca": "/mosquitto/tls/ca.crt",
+            "mqtt_tls_certificate": "/mosquitto/tls/tls.crt",
+            "mqtt_tls_key": "/mosquitto/tls/tls.key",
+        }
         assert str(settings.ftp.root).startswith("/data/"), "the FTP spool belongs on the data volume"
         assert {"/data"} <= {m.split(":")[1] for m in _compose()["services"]["collection"]["volumes"]}
         # FTPS only, with the certificate and key from the compose secrets the service mounts.
@@ -340,8 +352,12 @@ def test_mosquitto_acl_is_the_local_stacks_and_k8s_carries_the_same_files() -> N
     assert re.search(r"^persistence true$", conf, re.MULTILINE)
     assert re.search(rf"^max_packet_size {MAX_PACKET_SIZE}$", conf, re.MULTILINE)
     # Each listener: no anonymous client, its own password file and ACL; devices' client id is their user name.
-    devices, services_listener = re.split(r"^listener 1884 ", conf.split("\nlistener 1883 ", 1)[1], flags=re.MULTILINE)
+    devices, services_listener = re.split(r"^listener 1884 ", conf.split("\nlistener 8883 ", 1)[1], flags=re.MULTILINE)
+    assert not re.search(r"^listener 1883 ", conf, re.MULTILINE), "no plain MQTT in production"
     for block, passwd, acl in ((devices, "passwd", "acl"), (services_listener, "services.passwd", "acl.services")):
+        # TLS only, with the material of the gridhub-mosquitto-tls Secret (compose: its secrets, same paths).
+        for option, name in (("cafile", "ca.crt"), ("certfile", "tls.crt"), ("keyfile", "tls.key")):
+            assert re.search(rf"^{option} /mosquitto/tls/{re.escape(name)}$", block, re.MULTILINE), option
         assert re.search(r"^allow_anonymous false$", block, re.MULTILINE)
         assert re.search(rf"^password_file /mosquitto/auth/{re.escape(passwd)}$", block, re.MULTILINE)
         assert re.search(rf"^acl_file /mosquitto/config/{re.escape(acl)}$", block, re.MULTILINE)
@@ -596,6 +612,13 @@ def test_manifest_environment_gives_valid_settings(overlay: str, service: str, m
         # The pod name: stable per replica, so each keeps its own MQTT persistent session.
         assert settings.mqtt.client_id == "collection-0"
         assert str(settings.ftp.root).startswith("/data/")
+        # MQTT over TLS: the CA from the broker's TLS Secret, mounted where the setting points.
+        assert str(settings.mqtt.tls_ca_file) == "/etc/gridhub/mqtt/ca.crt"
+        pod = _named(overlay, kind, service)["spec"]["template"]["spec"]
+        [mount] = [m for c in pod["containers"] for m in c["volumeMounts"] if m["mountPath"] == "/etc/gridhub/mqtt"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "gridhub-mosquitto-tls"
+        assert {"key": "ca.crt", "path": "ca.crt"} in volume["secret"]["items"]
         # FTPS only, with the certificate and key from the Secret mounted into the pod.
         assert settings.ftp.tls_control_required
         assert settings.ftp.tls_data_required
@@ -755,7 +778,7 @@ def test_network_policies_deny_by_default_and_cover_every_gridhub_pod(overlay: s
     assert egress_deny["podSelector"]["matchExpressions"] == [
         {"key": "app.kubernetes.io/component", "operator": "In", "values": ["service", "broker"]}
     ]
-    for name, port in {**PORTS, "mosquitto": 1883}.items():
+    for name, port in {**PORTS, "mosquitto": 8883}.items():
         policy = policies[name]["spec"]
         assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": name}}
         assert set(policy["policyTypes"]) == {"Ingress", "Egress"}

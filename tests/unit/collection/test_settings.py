@@ -16,6 +16,7 @@ FTPS = FtpSettings(
     tls_control_required=True,
     tls_data_required=True,
 )
+MQTT_TLS = MqttSettings(tls_ca_file="/etc/gridhub/mqtt/ca.crt")
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +62,7 @@ def test_production_refuses_the_dev_secrets() -> None:
     CollectionSettings(
         environment="production",
         postgres_dsn="postgresql://c:Zq8v4Lw2pR7kT1xN@db/c",
-        mqtt=MqttSettings(password="Hq2m9Ww4Tz7Kc1Pd"),
+        mqtt=MQTT_TLS.model_copy(update={"password": "Hq2m9Ww4Tz7Kc1Pd"}),
         ftp=FTPS,
     )
 
@@ -69,7 +70,7 @@ def test_production_refuses_the_dev_secrets() -> None:
 def test_production_refuses_plain_ftp_and_dev_allows_it() -> None:
     secrets = {
         "postgres_dsn": "postgresql://c:Zq8v4Lw2pR7kT1xN@db/c",
-        "mqtt": MqttSettings(password="Hq2m9Ww4Tz7Kc1Pd"),
+        "mqtt": MqttSettings(password="Hq2m9Ww4Tz7Kc1Pd", tls_ca_file=MQTT_TLS.tls_ca_file),
     }
     with pytest.raises(ValidationError, match="production needs FTPS"):
         CollectionSettings(environment="production", **secrets)  # type: ignore[arg-type]
@@ -79,6 +80,32 @@ def test_production_refuses_plain_ftp_and_dev_allows_it() -> None:
     # Without FTP at all there is nothing to protect; in dev plain FTP is the default.
     CollectionSettings(environment="production", ftp=FtpSettings(enabled=False), **secrets)  # type: ignore[arg-type]
     assert CollectionSettings().ftp.tls_control_required is False
+
+
+def test_production_refuses_plain_mqtt_and_dev_allows_it() -> None:
+    def production(mqtt: MqttSettings) -> CollectionSettings:
+        return CollectionSettings(
+            environment="production", postgres_dsn="postgresql://c:Zq8v4Lw2pR7kT1xN@db/c", ftp=FTPS, mqtt=mqtt
+        )
+
+    with pytest.raises(ValidationError, match="production needs MQTT over TLS"):
+        production(MqttSettings(password="Hq2m9Ww4Tz7Kc1Pd"))
+    tls = MQTT_TLS.model_copy(update={"password": "Hq2m9Ww4Tz7Kc1Pd"})
+    assert production(tls).mqtt.tls_ca_file == MQTT_TLS.tls_ca_file
+    assert CollectionSettings().mqtt.tls_ca_file is None
+
+
+def test_mqtt_limits_are_checked_against_each_other() -> None:
+    # Parked messages hold PUBACKs: all lanes together may take at most half of the shared in-flight window.
+    with pytest.raises(ValidationError, match="at most half of receive_maximum"):
+        MqttSettings(receive_maximum=100, quota_lanes=8, quota_lane_messages=8)
+    MqttSettings(receive_maximum=128, quota_lanes=8, quota_lane_messages=8)
+    with pytest.raises(ValidationError, match="max_packet_bytes must leave room"):
+        MqttSettings(max_payload_bytes=256 * 1024, max_packet_bytes=256 * 1024)
+    with pytest.raises(ValidationError, match="both tls_cert_file and tls_key_file"):
+        MqttSettings(tls_ca_file="/etc/gridhub/mqtt/ca.crt", tls_cert_file="/etc/gridhub/mqtt/tls.crt")
+    with pytest.raises(ValidationError, match="needs tls_ca_file"):
+        MqttSettings(tls_cert_file="/etc/gridhub/mqtt/tls.crt", tls_key_file="/etc/gridhub/mqtt/tls.key")
 
 
 def test_ftps_needs_both_files_before_it_can_be_required() -> None:
