@@ -2,22 +2,29 @@
 
 `served(app, settings)` runs uvicorn with `libs.platform.serve.server_config` on `listen_sockets(settings)` (the
 main port and, when set, the internal one), so the header timeout, the proxy headers and the internal-port gate
-are the production ones; `SlowClient` is a raw socket that sends a request a byte at a time.
+are the production ones; `SlowClient` is a raw socket that sends a request a byte at a time. `service_process`
+runs ``python -m services.<name>`` itself, for clients that block (Schemathesis).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from libs.platform.serve import listen_sockets, server_config
 from libs.platform.settings import ServiceSettings
+from stack.config import REPO
 
 
 def free_port() -> int:
@@ -91,3 +98,40 @@ class SlowClient:
         except ConnectionError:
             pass
         self.closed_by_server = True
+
+
+@contextlib.asynccontextmanager
+async def service_process(
+    service: str, env: Mapping[str, str], port: int, log: Path, *, timeout: float = 30.0
+) -> AsyncIterator[str]:
+    """``python -m services.<service>`` with ``env`` until the block ends; yields its base URL once it is ready.
+
+    On the way out the process is stopped (SIGTERM, then SIGKILL after 15 s) and its log must hold no traceback.
+    """
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"], cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=out
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{service} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{base_url}/readyz")).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service} was not ready within {timeout} s:\n{log.read_text()[-3000:]}")
+                await asyncio.sleep(0.05)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, 15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+    log_text = log.read_text(errors="replace")
+    assert "Traceback" not in log_text, log_text[-4000:]

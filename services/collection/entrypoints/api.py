@@ -177,10 +177,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "The body is not valid JSON.",
         401: "No API key, or an unknown or revoked one.",
         403: "The API key's role may not write.",
+        408: "The body did not arrive in time (10 s plus 1 s per 64 KiB by default); the connection is closed.",
         413: "The body is larger than the limit, or the batch has too many items.",
         415: "The body is not application/json.",
         422: "The JSON is not a non-empty array.",
-        429: "The client's quota is spent; see Retry-After and RateLimit.",
+        429: "The client's quota, or its requests in flight, are spent; see Retry-After and RateLimit.",
         503: "Kafka is unavailable or the service is saturated; retry after Retry-After (safe: ids are stable).",
     }.items()
 }

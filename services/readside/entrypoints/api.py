@@ -52,6 +52,15 @@ _FRESHNESS_HEADERS = {
 }
 
 
+# What the flow-control middleware in front of every query answers (app.py, `boundaries.rest_api`).
+_FLOW_CONTROL = {
+    408: "The request's body did not arrive in time (queries take none); the connection is closed.",
+    413: "The request's body is larger than the limit (queries take none).",
+    429: "The client's quota, or its requests in flight, are spent; see Retry-After and RateLimit.",
+    503: "The service is saturated; retry after Retry-After.",
+}
+
+
 def _responses(*problems: int) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {
         200: {"headers": _FRESHNESS_HEADERS},
@@ -60,6 +69,8 @@ def _responses(*problems: int) -> dict[int | str, dict[str, Any]]:
     }
     for status in problems:
         responses[status] = {"description": Problem.from_status(status).title, **_PROBLEM}
+    for status, description in _FLOW_CONTROL.items():
+        responses[status] = {"description": description, **_PROBLEM}
     return responses
 
 
