@@ -10,18 +10,23 @@ outside a fault, and the service keeps answering.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import httpx
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from lxml import etree
 from prometheus_client import CollectorRegistry
 
 from libs.flowcontrol.policy import QuotaSettings
 from services.customers.app import create_app
+from services.customers.entrypoints.soap import OPERATIONS
 from services.customers.settings import CustomersSettings
 from tests.integration.customers.support import dev_password
-from tests.integration.http_support import free_port, served
+from tests.integration.http_support import free_port, served, service_process
 
 pytestmark = [pytest.mark.postgres]
 
@@ -85,3 +90,134 @@ async def test_password_checks_are_limited_per_real_client_behind_a_trusted_prox
     assert [response.status_code for response in direct] == [401] * CHECKS
     # ... and naming a fresh address does not give the guesser new checks either.
     assert (await _call(customers, "127.0.0.1", "203.0.113.1, 198.51.100.7", "again")).status_code == 429
+
+
+# --- the fuzz: a module-scoped service process, since Hypothesis drives a blocking client --------------------------
+
+VALID = ENVELOPE.format(FIND).encode()
+TNS = "urn:gridhub:customers:v1"
+# Characters XML 1.0 can carry (no controls, surrogates or non-characters), so the trees below are well formed.
+XML_TEXT = st.characters(blacklist_categories=("Cs", "Cc", "Cn"))
+XML_NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9._-]{0,12}", fullmatch=True)
+NAMESPACES = st.sampled_from(
+    [
+        "",
+        "http://schemas.xmlsoap.org/soap/envelope/",
+        "urn:gridhub:customers:v1",
+        "http://www.w3.org/2003/05/soap-envelope",
+        "urn:x",
+    ]
+)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    """The valid envelope with a few bytes deleted, inserted or replaced, or cut short."""
+    body = bytearray(VALID)
+    for _ in range(draw(st.integers(1, 6))):
+        position = draw(st.integers(0, len(body) - 1))
+        match draw(st.sampled_from(["delete", "insert", "replace", "truncate"])):
+            case "delete":
+                del body[position]
+            case "insert":
+                body[position:position] = draw(st.binary(min_size=1, max_size=8))
+            case "replace":
+                body[position] = draw(st.integers(0, 255))
+            case _:
+                del body[position:]
+        if not body:
+            body = bytearray(b"<")
+    return bytes(body)
+
+
+@st.composite
+def foreign_trees(draw: st.DrawFn) -> bytes:
+    """Well-formed XML that is no envelope of ours: other names, namespaces, nesting, text and attributes."""
+
+    def element(depth: int) -> etree._Element:
+        namespace = draw(NAMESPACES)
+        name = draw(XML_NAME)
+        node = etree.Element(f"{{{namespace}}}{name}" if namespace else name)
+        for attribute in draw(st.lists(XML_NAME, max_size=2, unique=True)):
+            node.set(attribute, draw(st.text(XML_TEXT, max_size=10)))
+        node.text = draw(st.text(XML_TEXT, max_size=20))
+        if depth < 4:
+            for _ in range(draw(st.integers(0, 3))):
+                node.append(element(depth + 1))
+        return node
+
+    root = element(0)
+    if draw(st.booleans()):
+        # Inside a real Envelope/Body, so the dispatch and the schema check see it.
+        envelope = etree.fromstring(ENVELOPE.format("").encode())
+        envelope[0].append(root)
+        root = envelope
+    return bytes(etree.tostring(root, xml_declaration=draw(st.booleans()), encoding="utf-8"))
+
+
+@st.composite
+def operations_with_junk(draw: st.DrawFn) -> bytes:
+    """A real operation of ours with made-up children: the dispatch accepts it, the schema check must refuse it."""
+    operation = etree.Element(f"{{{TNS}}}{draw(st.sampled_from(sorted(OPERATIONS)))}")
+    for _ in range(draw(st.integers(0, 4))):
+        child = etree.SubElement(operation, f"{{{TNS}}}{draw(XML_NAME)}")
+        child.text = draw(st.text(XML_TEXT, max_size=30))
+    envelope = etree.fromstring(ENVELOPE.format("").encode())
+    envelope[0].append(operation)
+    return bytes(etree.tostring(envelope, encoding="utf-8"))
+
+
+HEADERS = st.fixed_dictionaries(
+    {"Content-Type": st.sampled_from(["text/xml; charset=utf-8", "text/xml", "application/xml", "text/plain"])},
+    optional={
+        "SOAPAction": st.sampled_from(['""', '"urn:gridhub:customers:v1#FindCustomers"', '"urn:x#Nope"', "garbage"])
+    },
+)
+BODIES = st.one_of(st.binary(max_size=512), mutated(), foreign_trees(), operations_with_junk())
+
+
+@pytest.fixture(scope="module")
+async def soap_url(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    env = {
+        "CUSTOMERS_POSTGRES_DSN": pg_dsn,
+        "CUSTOMERS_POSTGRES_SCHEMA": schema,
+        "CUSTOMERS_RELAY_ENABLED": "false",
+        "CUSTOMERS_HTTP_PORT": str(port),
+        # One client sending as fast as it can: the quota is not what the fuzz is about.
+        "CUSTOMERS_BOUNDARIES__SOAP_INGRESS__QUOTA__RATE": "100000",
+        "CUSTOMERS_BOUNDARIES__SOAP_INGRESS__QUOTA__BURST": "100000",
+    }
+    conn = await asyncpg.connect(pg_dsn)
+    log = tmp_path_factory.mktemp("customers") / "service.log"
+    try:
+        async with service_process("customers", env, port, log) as base_url:
+            yield base_url + SOAP_PATH
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+@given(body=BODIES, headers=HEADERS)
+@settings(max_examples=300, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_malformed_envelopes_are_answered_with_soap_faults_only(
+    soap_url: str, body: bytes, headers: dict[str, str]
+) -> None:
+    response = httpx.post(
+        soap_url, content=body, headers=headers, auth=("billing", dev_password("billing")), timeout=10
+    )
+    if response.status_code == 200:
+        # A mutation that left a valid call (a changed letter of the name): a real answer, no fault.
+        root = etree.fromstring(response.content)
+        assert root.tag == "{http://schemas.xmlsoap.org/soap/envelope/}Envelope"
+        assert root.find("{*}Body/{*}Fault") is None
+        event("200 answered")
+        return
+    code, reason = fault_of(response)
+    event(f"{response.status_code} {code} {reason}")  # --hypothesis-show-statistics: what the fuzz reached
+    assert response.status_code in (413, 500), (response.status_code, code, reason)
+    # The request's fault, never the server's: nothing malformed reaches an internal error.
+    assert code.startswith(("soap:Client", "soap:VersionMismatch")), (code, reason, body[:200])
+    assert reason, "every fault names its reason"
+    assert "Traceback" not in response.text
