@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import socket
@@ -33,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import uvicorn
+from prometheus_client import REGISTRY, Counter
 from pydantic import ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -82,12 +84,12 @@ class EdgeTimeoutProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self.header_timeout)
+        self._arm(self.header_timeout, "header_timeout")
 
     def on_message_begin(self) -> None:
         self._in_request = True
         super().on_message_begin()
-        self._arm(self.header_timeout)
+        self._arm(self.header_timeout, "header_timeout")
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -101,25 +103,38 @@ class EdgeTimeoutProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._in_request and not self.transport.is_closing():
-            self._arm(self.drain_timeout)
+            self._arm(self.drain_timeout, "drain_timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._too_slow)
+        self._deadline = self.loop.call_later(seconds, self._too_slow, reason)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
-    def _too_slow(self) -> None:
+    def _too_slow(self, reason: str) -> None:
         self._deadline = None
         if not self.transport.is_closing():
+            connections_cut().labels(reason).inc()
             self.transport.close()
+
+
+@functools.cache
+def connections_cut() -> Counter:
+    """``gridhub_http_connections_cut_total{reason}``: connections `EdgeTimeoutProtocol` closed, by deadline."""
+    return Counter(
+        "gridhub_http_connections_cut",
+        "HTTP connections closed by the server: headers too slow (header_timeout) or a body still trickling after "
+        "its answer (drain_timeout).",
+        ["reason"],
+        registry=REGISTRY,
+    )
 
 
 def _edge_protocol(settings: ServiceSettings) -> type[EdgeTimeoutProtocol]:
@@ -253,6 +268,7 @@ __all__ = [
     "GRACEFUL_SHUTDOWN_SECONDS",
     "AppFactory",
     "EdgeTimeoutProtocol",
+    "connections_cut",
     "listen_sockets",
     "load_settings",
     "serve",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from libs.flowcontrol.policy import BoundaryPolicy, BulkheadSettings, PerClientSettings, QuotaSettings
 from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
@@ -82,6 +82,11 @@ async def edge(kafka_bootstrap: str) -> AsyncIterator[Edge]:
         yield Edge(base_url, settings.http_port, attacker.plain_key, partner.plain_key)
 
 
+def _cut(reason: str) -> float:
+    """``gridhub_http_connections_cut_total`` of ``reason`` so far (the process-wide registry)."""
+    return REGISTRY.get_sample_value("gridhub_http_connections_cut_total", {"reason": reason}) or 0.0
+
+
 def _batch(meterpoint: str, quarter: int) -> bytes:
     return orjson.dumps(
         [
@@ -103,6 +108,7 @@ async def test_slow_bodies_are_cut_off_and_another_key_is_served_meanwhile(edge:
         b"POST /v1/readings HTTP/1.1\r\nHost: collection\r\nContent-Type: application/json\r\n"
         b"X-API-Key: " + edge.attacker.encode() + b"\r\nContent-Length: 1000\r\n\r\n"
     )
+    drained_before = _cut("drain_timeout")
     slow = [SlowClient("127.0.0.1", edge.port, head, 1000, interval=1.0) for _ in range(50)]
     started = time.monotonic()
     deadline = started + max(BODY_TIMEOUT, DRAIN_TIMEOUT) + 8.0
@@ -138,6 +144,8 @@ async def test_slow_bodies_are_cut_off_and_another_key_is_served_meanwhile(edge:
             assert b"\r\nconnection: close\r\n" in client.answer.lower()
             assert orjson.loads(client.answer.split(b"\r\n\r\n", 1)[1])["reason"] == "body_timeout"
     assert elapsed < max(BODY_TIMEOUT, DRAIN_TIMEOUT) + 4.0
+    # What an operator sees: the refused ones' connections counted as cut at the drain timeout.
+    assert _cut("drain_timeout") - drained_before == 46
 
 
 async def test_a_client_over_its_in_flight_cap_gets_429_while_others_pass(edge: Edge) -> None:
@@ -169,6 +177,7 @@ async def test_a_client_over_its_in_flight_cap_gets_429_while_others_pass(edge: 
 async def test_a_client_trickling_its_headers_is_closed_at_the_header_timeout(kafka_bootstrap: str) -> None:
     settings = _settings(kafka_bootstrap, http_header_timeout_seconds=HEADER_TIMEOUT)
     app = create_app(settings, key_store=InMemoryKeyStore(), readiness_checks=[], registry=CollectorRegistry())
+    cut_before = _cut("header_timeout")
     async with served(app, settings):
         reader, writer = await asyncio.open_connection("127.0.0.1", settings.http_port)
         writer.write(b"POST /v1/readings HTTP/1.1\r\nHost: collection\r\n")
@@ -194,6 +203,7 @@ async def test_a_client_trickling_its_headers_is_closed_at_the_header_timeout(ka
             await writer.wait_closed()
     assert answer == b"", "a half-sent request gets no answer, only a closed connection"
     assert HEADER_TIMEOUT - 0.5 <= time.monotonic() - started <= HEADER_TIMEOUT + 2.0
+    assert _cut("header_timeout") - cut_before == 1
 
 
 def _remaining(response: httpx.Response) -> int:
