@@ -271,6 +271,8 @@ def start_service(stack: StackConfig, run_id: str, log: Path, topic_prefix: str)
         # Quotas out of the way: the measurement is of the pipeline; the bulkhead and Kafka are the limits.
         "COLLECTION_BOUNDARIES__REST_INGRESS__QUOTA__RATE": "1000000000",
         "COLLECTION_BOUNDARIES__REST_INGRESS__QUOTA__BURST": "1000000000",
+        # One client here: its cap on requests in flight (a per-client policy like the quota) out of the way too.
+        "COLLECTION_BOUNDARIES__REST_INGRESS__PER_CLIENT__MAX_PER_CLIENT": "1000",
         "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__RATE": "1000000000",
         "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__BURST": "1000000000",
     }
