@@ -17,7 +17,8 @@ bench.readside (``Names``).
    reading, the time from its arrival at the ingress (the events' ``time``) to the read side's commit that makes it
    queryable (its stored offsets, polled every 20 ms): p50 / p95 / p99;
 3. overload: ten times S, open loop, for ``overload_seconds``, against the ingress's shipped REST policy with its
-   per-client quota sized to 1.25 S and lag-aware admission on the read side's group (shipped admission defaults,
+   per-client quota sized to 1.25 S (its per-client cap on requests in flight lifted: one client stands for all)
+   and lag-aware admission on the read side's group (shipped admission defaults,
    the lag read every 5 s): the memory of both services, zero loss of acknowledged readings (every id a 202 named
    must be in the read side's readings table), the latency of what was admitted, and the time to recover: half
    of S offered afterwards until everything admitted is queryable and the ingress admits without refusals.
