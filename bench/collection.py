@@ -4,6 +4,7 @@ producer sending the same readings; and the service's memory while it is offered
     uv run python -m bench.collection            # about three minutes; writes bench/results/collection.md
     uv run python -m bench.collection --scale 3  # 3x the readings per round, MQTT messages and overload seconds
     uv run python -m bench.collection --quick    # under a minute, a smoke test; writes nothing unless --out
+    uv run python -m bench.collection --fairness # part 5 alone (about half a minute); writes nothing unless --out
 
 Needs the local stack (``make stack-up``). All in one run, on the same machine and the same topic (the run's
 own ``bench-<run>.meter.readings.v1``, created for the run and deleted after it, through the service's
@@ -23,7 +24,12 @@ worker, MQTT ingress; FTP off) in its own process, quotas raised so that they do
 4. overload: REST requests offered open-loop at ten times the REST rate measured in 2 for a while, by several
    client processes; the service's RSS (``/proc/<pid>/status``) sampled throughout, with the answers counted
    (202 / 429 / 503). Bounded means: the bulkhead and the back-pressured body reads keep what it holds at once
-   fixed, so RSS levels off instead of growing with the offered load.
+   fixed, so RSS levels off instead of growing with the offered load;
+5. MQTT fairness: a second service with a real per-device quota (5 readings/s); nine devices each publish two
+   messages of one reading a second, first alone, then as long again beside a tenth device sending twenty times
+   its quota. The figure is the nine's readings in Kafka in time (by the end of their phase plus 1 s) beside the
+   noisy device over alone; every reading the broker acknowledged to the noisy device is counted in the readings
+   topic or the DLQ.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class Params:
     overload_seconds: float
     overload_factor: float
     overload_processes: int
+    fairness_seconds: float
     scale: float = 1.0
 
     def scaled(self, factor: float) -> Params:
@@ -106,6 +113,7 @@ FULL = Params(
     overload_seconds=60.0,
     overload_factor=10.0,
     overload_processes=3,
+    fairness_seconds=10.0,
 )
 QUICK = Params(
     rest_readings=20_000,
@@ -118,6 +126,7 @@ QUICK = Params(
     overload_seconds=4.0,
     overload_factor=10.0,
     overload_processes=2,
+    fairness_seconds=2.0,
 )
 
 
@@ -249,7 +258,9 @@ class Service:
         raise RuntimeError("no VmRSS")
 
 
-def start_service(stack: StackConfig, run_id: str, log: Path, topic_prefix: str) -> Service:
+def start_service(
+    stack: StackConfig, run_id: str, log: Path, topic_prefix: str, overrides: dict[str, str] | None = None
+) -> Service:
     port = free_port()
     client_id = f"bench-{run_id}"
     event_source = f"/gridhub/collection-bench-{run_id}"
@@ -275,6 +286,7 @@ def start_service(stack: StackConfig, run_id: str, log: Path, topic_prefix: str)
         "COLLECTION_BOUNDARIES__REST_INGRESS__PER_CLIENT__MAX_PER_CLIENT": "1000",
         "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__RATE": "1000000000",
         "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__BURST": "1000000000",
+        **(overrides or {}),
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -600,6 +612,156 @@ def overload(service: Service, api_key: str, bodies: list[bytes], rate: float, p
     }
 
 
+# --- MQTT fairness -----------------------------------------------------------------------------------------
+
+FAIR_QUOTA = 5  # readings/s per device (burst 5) in the fairness part
+FAIR_NORMAL_DEVICES = 9
+FAIR_NORMAL_RATE = 2.0  # messages of one reading per second, per normal device
+FAIR_NOISY_FACTOR = 20  # the noisy device sends this many times its quota
+FAIR_GRACE = 1.0  # seconds after its phase in which a reading still counts as delivered in time
+FAIR_SERVICE = {
+    "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__RATE": str(FAIR_QUOTA),
+    "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__BURST": str(FAIR_QUOTA),
+    "COLLECTION_MQTT__MAX_READINGS_PER_MESSAGE": str(FAIR_QUOTA),
+}
+
+
+@dataclass
+class Fairness:
+    """The normal devices' readings/s into Kafka in time, alone and beside the noisy one; the noisy one's account."""
+
+    alone: float = 0.0
+    beside: float = 0.0
+    noisy_acked: int = 0
+    noisy_in_readings: int = 0
+    noisy_in_dlq: int = 0
+    noisy_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.beside / self.alone if self.alone else 0.0
+
+
+def fair_payload(meterpoint: str, quarter: int) -> bytes:
+    end = START + QUARTER * (quarter + 1)
+    item = {
+        "meterpoint_id": meterpoint,
+        "register": "active_import",
+        "interval_end": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "resolution": "PT15M",
+        "value": 0.25,
+        "unit": "kWh",
+        "quality": "measured",
+    }
+    return orjson.dumps(item)
+
+
+def quarter_of(reading: dict[str, Any]) -> int:
+    end = datetime.strptime(reading["interval_end"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return int((end - START) / QUARTER) - 1
+
+
+def paced(clients: dict[str, Any], rate: float, seconds: float, first: int, sent: dict[str, dict[int, int]]) -> None:
+    """Each client publishes one reading per message at ``rate`` per second for ``seconds`` (quarters from first)."""
+    started = time.perf_counter()
+    for n in range(int(rate * seconds)):
+        delay = started + n / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # pacing an open-loop sender, not waiting for a condition
+        for meter, client in clients.items():
+            info = client.publish(f"gridhub/meters/{meter}/readings", fair_payload(meter, first + n), qos=1)
+            sent[meter][info.mid] = first + n
+
+
+async def fairness(stack: StackConfig, service: Service, prefix: str, params: Params, digits: str) -> Fairness:
+    """Part 5 (see the module doc) against ``service``, whose device quota is FAIR_QUOTA."""
+    import paho.mqtt.client as paho
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    normal = meterpoints(FAIR_NORMAL_DEVICES, f"57131317{digits}")
+    noisy = meterpoints(1, f"57131316{digits}")[0]
+    names = [prefix + topics.READINGS, prefix + topics.dlq(topics.READINGS)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    partitions = [TopicPartition(name, p) for name in names for p in range(6)]
+    consumer.assign(partitions)
+    for partition, offset in (await consumer.end_offsets(partitions)).items():
+        consumer.seek(partition, offset)
+    sent: dict[str, dict[int, int]] = {meter: {} for meter in [*normal, noisy]}
+    acks: dict[str, dict[int, int]] = {meter: {} for meter in [*normal, noisy]}
+    phase = params.fairness_seconds
+    result = Fairness()
+    try:
+        with devices(stack, [*normal, noisy]) as passwords:
+            clients: dict[str, Any] = {}
+            for meter in [*normal, noisy]:
+                client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{meter}", protocol=paho.MQTTv5)
+                client.username_pw_set(meter, passwords[meter])
+                client.max_inflight_messages_set(1000)
+                client.on_publish = lambda c, u, mid, code, props, meter=meter: acks[meter].__setitem__(mid, code.value)
+                client.connect(stack.host, stack.mqtt_port, keepalive=30)
+                client.loop_start()
+                clients[meter] = client
+            deadline = time.monotonic() + 10
+            while not all(client.is_connected() for client in clients.values()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the fairness devices could not log in")
+                await asyncio.sleep(0.02)
+            others = {meter: clients[meter] for meter in normal}
+            await asyncio.to_thread(paced, others, FAIR_NORMAL_RATE, phase, 0, sent)
+            alone_ended = time.time()
+            await asyncio.gather(
+                asyncio.to_thread(paced, others, FAIR_NORMAL_RATE, phase, 100_000, sent),
+                asyncio.to_thread(paced, {noisy: clients[noisy]}, FAIR_QUOTA * FAIR_NOISY_FACTOR, phase, 0, sent),
+            )
+            beside_ended = time.time()
+            deadline = time.monotonic() + 30
+            while not all(mid in acks[meter] for meter in sent for mid in sent[meter]):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the broker did not acknowledge every fairness message")
+                await asyncio.sleep(0.05)
+            for client in clients.values():
+                client.disconnect()
+                client.loop_stop()
+        noisy_acked = {quarter for mid, quarter in sent[noisy].items() if acks[noisy][mid] == 0}
+        per_phase = int(FAIR_NORMAL_RATE * phase) * FAIR_NORMAL_DEVICES
+        normal_keys = {meter.encode() for meter in normal}
+        alone_ids: set[tuple[bytes, int]] = set()
+        beside_ids: set[tuple[bytes, int]] = set()
+        in_readings: set[int] = set()
+        in_dlq: dict[int, str] = {}
+        deadline = time.monotonic() + 60
+        while len(alone_ids | beside_ids) < 2 * per_phase or not noisy_acked <= in_readings | set(in_dlq):
+            if time.monotonic() > deadline:
+                break  # reported as found: a shortfall shows in the figures
+            batches = await consumer.getmany(timeout_ms=200)
+            for record in (r for records in batches.values() for r in records):
+                if record.topic.endswith(".dlq"):
+                    if record.key == noisy.encode():
+                        headers = dict(record.headers)
+                        in_dlq[quarter_of(orjson.loads(record.value))] = headers.get("dlq.reason", b"?").decode()
+                    continue
+                quarter = quarter_of(orjson.loads(record.value)["data"])
+                if record.key == noisy.encode():
+                    in_readings.add(quarter)
+                elif record.key in normal_keys:
+                    beside = quarter >= 100_000
+                    if record.timestamp / 1000 <= (beside_ended if beside else alone_ended) + FAIR_GRACE:
+                        (beside_ids if beside else alone_ids).add((record.key, quarter))
+        result = Fairness(
+            alone=len(alone_ids) / phase,
+            beside=len(beside_ids) / phase,
+            noisy_acked=len(noisy_acked),
+            noisy_in_readings=len(noisy_acked & in_readings),
+            noisy_in_dlq=len(noisy_acked & set(in_dlq)),
+            noisy_reasons=dict(Counter(in_dlq.values())),
+        )
+    finally:
+        await consumer.stop()
+    return result
+
+
 # --- report ------------------------------------------------------------------------------------------------
 
 
@@ -651,6 +813,7 @@ class Results:
     mqtt_publish: list[float] = field(default_factory=list)
     overload: dict[str, Any] = field(default_factory=dict)
     offered_rate: float = 0.0
+    fairness: Fairness = field(default_factory=Fairness)
     others: str = "none"
 
 
@@ -748,8 +911,34 @@ def report(results: Results, command: str, quick: bool = False) -> str:
         "",
         "RSS samples (s: MiB): " + ", ".join(f"{t:.0f}: {rss:.0f}" for t, rss in shown),
         "",
+        *fairness_lines(results.fairness, p),
     ]
     return "\n".join(lines)
+
+
+def fairness_lines(fair: Fairness, p: Params) -> list[str]:
+    unaccounted = fair.noisy_acked - fair.noisy_in_readings - fair.noisy_in_dlq
+    reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(fair.noisy_reasons.items())) or "none"
+    return [
+        "## MQTT fairness: one noisy device",
+        "",
+        f"A second service with a per-device quota of {FAIR_QUOTA} readings/s (burst {FAIR_QUOTA})."
+        f" {FAIR_NORMAL_DEVICES} devices publish {FAIR_NORMAL_RATE:g} messages of one reading a second each, for"
+        f" {p.fairness_seconds:g} s alone, then {p.fairness_seconds:g} s beside a device sending"
+        f" {FAIR_NOISY_FACTOR} x its quota ({FAIR_QUOTA * FAIR_NOISY_FACTOR} messages/s). A reading counts when it"
+        f" is in Kafka by the end of its phase plus {FAIR_GRACE:g} s.",
+        "",
+        "| the other devices' readings/s into Kafka | |",
+        "|---|---:|",
+        f"| alone | {fair.alone:.1f} |",
+        f"| beside the noisy device | {fair.beside:.1f} |",
+        f"| **fairness: beside / alone** | **{fair.ratio:.2f}** |",
+        "",
+        f"The noisy device's readings the broker acknowledged: {fair.noisy_acked:,}; in the readings topic"
+        f" {fair.noisy_in_readings:,} (its quota, some from its lane), in the DLQ {fair.noisy_in_dlq:,} (reasons:"
+        f" {reasons}), unaccounted {unaccounted:,}.",
+        "",
+    ]
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -809,12 +998,33 @@ async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefi
     finally:
         await revoke_api_key(stack, key_id)
         stop_service(service, stack)
+    results.fairness = await fairness_part(params, stack, log, run_id, prefix)
     return results
+
+
+async def fairness_part(params: Params, stack: StackConfig, log: Path, run_id: str, prefix: str) -> Fairness:
+    digits = f"{int(run_id, 16) % 1000:03d}"
+    service = start_service(stack, f"{run_id}-fair", log.with_suffix(".fair.log"), prefix, FAIR_SERVICE)
+    try:
+        fair = await fairness(stack, service, prefix, params, digits)
+    finally:
+        stop_service(service, stack)
+    print(f"fairness: {fair.beside:.1f} / {fair.alone:.1f} readings/s = {fair.ratio:.2f}")
+    return fair
+
+
+async def run_fairness(params: Params, stack: StackConfig, log: Path) -> Fairness:
+    run_id = secrets.token_hex(4)
+    prefix = f"bench-{run_id}."
+    names = [prefix + name for base in (topics.READINGS, topics.METER_EVENTS) for name in (base, topics.dlq(base))]
+    async with private_topics(stack.kafka_bootstrap, names):
+        return await fairness_part(params, stack, log, run_id, prefix)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.collection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per part, a smoke test")
+    parser.add_argument("--fairness", action="store_true", help="only the MQTT fairness part (5)")
     parser.add_argument("--out", type=Path, help=f"write the report here (default without --quick: {RESULTS})")
     add_scale_option(parser, SCALES)
     args = parser.parse_args(argv)
@@ -823,6 +1033,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.quick else RESULTS)
     stack = StackConfig()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-collection-{os.getpid()}.log"
+    if args.fairness:
+        text = "\n".join(fairness_lines(asyncio.run(run_fairness(params, stack, log)), params))
+        print(text)
+        if args.out is not None:
+            args.out.write_text(text)
+        return 0
     results = asyncio.run(run(params, stack, log))
     command = "python -m bench.collection" + (" --quick" if args.quick else "" if scale == 1 else f" --scale {scale:g}")
     text = report(results, command, args.quick)

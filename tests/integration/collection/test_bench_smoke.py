@@ -29,4 +29,6 @@ def test_quick_benchmark_reports_rates_ratios_and_memory(tmp_path: Path) -> None
     assert "| MQTT, messages of" in report
     assert "ratio service / raw" in report
     assert "| peak during the overload |" in report
+    assert "**fairness: beside / alone**" in report
+    assert "unaccounted 0." in report, "every reading the broker acknowledged to the noisy device is counted"
     assert "Warning" not in result.stderr
