@@ -134,20 +134,34 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
 # --- 7: client ids bound to accounts -----------------------------------------------------------------------------
 
 
+class Refused(Exception):
+    """The broker answered CONNECT with a failure reason code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"CONNACK reason 0x{code:02x}")
+        self.code = code
+
+
 def connect_as(stack: StackConfig, user: str, password: str, client_id: str, *, port: int | None = None) -> paho.Client:
-    """A clean-start MQTT 5 client with ``client_id`` (what an attacker would send), connected or TimeoutError."""
+    """A clean-start MQTT 5 client with ``client_id`` (what an attacker would send): connected, or Refused."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     client.username_pw_set(user, password)
+    answers: list[int] = []
+    client.on_connect = lambda c, u, flags, reason, props: answers.append(reason.value)
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 0
     client.connect(stack.host, port or stack.mqtt_port, keepalive=10, clean_start=True, properties=properties)
     client.loop_start()
     deadline = time.monotonic() + 5.0
-    while not client.is_connected():
+    while not answers:
         if time.monotonic() > deadline:
             client.loop_stop()
-            raise TimeoutError(f"{user} could not connect")
+            raise TimeoutError(f"{user}: no CONNACK")
         time.sleep(0.02)
+    if answers[0] != 0:
+        client.disconnect()
+        client.loop_stop()
+        raise Refused(answers[0])
     return client
 
 
@@ -199,10 +213,11 @@ async def test_devices_have_no_account_on_the_service_listener_and_services_none
     stack: StackConfig, devices: Callable[[], Device]
 ) -> None:
     device = devices()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(Refused) as refused:
         await asyncio.to_thread(
             connect_as, stack, device.meterpoint_id, device.password, "collection-0", port=stack.mqtt_service_port
         )
+    assert refused.value.code in {0x86, 0x87}  # bad user name or password / not authorized
     assert not await asyncio.to_thread(can_log_in, stack, "collection", stack.password("collection"))
 
 
