@@ -10,43 +10,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from libs.platform.apikeys import Role, generate_api_key
 from services.readside.contracts import OPENAPI_PATH
 from tests.integration.http_support import free_port, service_process
+from tests.integration.schemathesis_support import FUZZ, Service, call_and_check
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
 schema = schemathesis.openapi.from_path(OPENAPI_PATH)
-
-
-@dataclass
-class Service:
-    base_url: str
-    headers: dict[str, str]
-    session: requests.Session
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +72,6 @@ async def service(
 
 
 @schema.parametrize()
-@settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 def test_no_server_errors_and_every_response_matches_the_document(case: Any, service: Service) -> None:
-    case.call_and_validate(base_url=service.base_url, session=service.session, headers=service.headers, checks=CHECKS)
+    call_and_check(case, service)
