@@ -277,6 +277,18 @@ def service_settings(stack: StackConfig, pg_dsn: str, pg_schema: str, ftp_root: 
 
 
 @asynccontextmanager
+async def subscribed(ingress: Any, timeout: float = 10.0) -> AsyncIterator[None]:
+    """Run an MQTT ingress (``ingress.run()``) until the block ends, entering once its subscription is in place."""
+    task = asyncio.create_task(ingress.run())
+    try:
+        await ingress.wait_subscribed(timeout)
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
 async def running_service(settings: Any) -> AsyncIterator[RunningService]:
     """Run the app (lifespan) with a fresh write key; MQTT subscribed and FTP listening before it yields."""
     import httpx

@@ -32,7 +32,7 @@ from services.collection.app import build_parts, create_mqtt_ingress, create_pub
 from services.collection.entrypoints.mqtt import MqttIngress
 from services.collection.settings import Boundaries, CollectionSettings, MqttSettings
 from stack.config import StackConfig
-from tests.integration.collection.support import Device, can_log_in, drop_session
+from tests.integration.collection.support import Device, can_log_in, drop_session, subscribed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt]
 
@@ -111,13 +111,8 @@ async def ingress(stack: StackConfig) -> AsyncIterator[Runner]:
         client_ids.add(settings.mqtt.client_id)
         parts = build_parts(settings, registry=CollectorRegistry())
         subject = create_mqtt_ingress(parts, create_publisher(parts, producer))
-        task = asyncio.create_task(subject.run())
-        try:
-            await subject.wait_subscribed(10.0)
+        async with subscribed(subject):
             yield subject, parts.registry
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     try:
         yield running

@@ -35,7 +35,7 @@ from services.collection.app import build_parts, create_mqtt_ingress, create_pub
 from services.collection.settings import CollectionSettings, MqttSettings
 from stack.config import StackConfig
 from stack.mosquitto import ACL, MAX_PACKET_SIZE, SERVICES_ACL
-from tests.integration.collection.support import new_meterpoint
+from tests.integration.collection.support import new_meterpoint, subscribed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt]
 
@@ -253,13 +253,8 @@ async def ingress(stack: StackConfig) -> AsyncIterator[Callable[..., Any]]:
     async def running(settings: CollectionSettings) -> AsyncIterator[CollectorRegistry]:
         parts = build_parts(settings, registry=CollectorRegistry())
         subject = create_mqtt_ingress(parts, create_publisher(parts, producer))
-        task = asyncio.create_task(subject.run())
-        try:
-            await subject.wait_subscribed(10.0)
+        async with subscribed(subject):
             yield parts.registry
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     try:
         yield running

@@ -23,7 +23,7 @@ from services.collection.app import build_parts, create_mqtt_ingress, create_pub
 from services.collection.entrypoints.mqtt import MqttIngress
 from services.collection.settings import CollectionSettings, MqttSettings
 from stack.config import StackConfig
-from tests.integration.collection.support import Device, drop_session
+from tests.integration.collection.support import Device, drop_session, subscribed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt]
 
@@ -96,13 +96,8 @@ async def ingress(settings: CollectionSettings, stack: StackConfig) -> AsyncIter
             producers.append(producer)
             publisher = create_publisher(parts, producer)
         subject = create_mqtt_ingress(parts, publisher)
-        task = asyncio.create_task(subject.run())
-        try:
-            await subject.wait_subscribed(10.0)
+        async with subscribed(subject):
             yield subject, parts.registry
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     yield running
     for producer in producers:
