@@ -358,13 +358,14 @@ def metric(service: Service, name: str, **labels: str) -> float:
 
 async def add_api_key(stack: StackConfig) -> tuple[str, str]:
     """A write key for this run in the service's database; (plain key, key id)."""
+    from bench.common import BENCH_TENANT
     from libs.platform.apikeys import Role, generate_api_key
     from libs.platform.apikeys_store import PostgresKeyStore
     from libs.platform.db import create_pool
 
     pool = await create_pool(stack.postgres_dsn("collection"), max_size=1)
     try:
-        key = generate_api_key("bench", Role.WRITE)
+        key = generate_api_key("bench", Role.SOURCE, tenant=BENCH_TENANT)
         await PostgresKeyStore(pool).add(key.record)
         return key.plain_key, key.record.key_id
     finally:

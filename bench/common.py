@@ -24,6 +24,9 @@ RESULTS = Path(__file__).parent / "results"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 SCALE_ENV = "GRIDHUB_BENCH_SCALE"
 
+BENCH_TENANT = "5790000000012"
+"""The grid company the benchmarks' keys and meterpoints belong to."""
+
 
 # --- the scale of a run -----------------------------------------------------------------------------------------------
 

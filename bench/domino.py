@@ -52,6 +52,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.common import (
+    BENCH_TENANT,
     RESULTS,
     add_scale_option,
     bound_socket,
@@ -293,7 +294,10 @@ async def _json(send: Send, body: Any) -> None:
 def serve_workorders(mode: str, customers_url: str, schema: str) -> None:
     """Child process: the work orders app in ``mode`` on an ephemeral port; prints its port and API keys."""
     stack = StackConfig()
-    planning, crews = generate_api_key("planning", Role.WRITE), generate_api_key("crews", Role.READ)
+    planning, crews = (
+        generate_api_key("planning", Role.OPERATOR, tenant=BENCH_TENANT),
+        generate_api_key("crews", Role.READER, tenant=BENCH_TENANT),
+    )
     settings = WorkordersSettings(
         postgres_dsn=stack.postgres_dsn("workorders"),
         postgres_schema=schema,

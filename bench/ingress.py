@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
-from bench.common import serve
+from bench.common import BENCH_TENANT, serve
 from libs.events import KafkaRecord, topics
 from libs.flowcontrol.admission import lag_signal
 from libs.flowcontrol.policy import BoundaryPolicy
@@ -136,7 +136,7 @@ async def running_ingress(
     """The collection app, REST only, publishing to ``topic`` (see the module docstring); ``wrap`` puts an ASGI
     layer of the benchmark's around it."""
     stack = StackConfig()
-    writer = generate_api_key(client, Role.WRITE)
+    writer = generate_api_key(client, Role.SOURCE, tenant=BENCH_TENANT)
     probe = None
     signal: Callable[[], float] | None = None
     if admission is not None:

@@ -66,7 +66,11 @@ class KeyService(StrEnum):
     customers = "customers"
 
 
-DEFAULT_ROLES = {KeyService.collection: Role.WRITE, KeyService.workorders: Role.WRITE, KeyService.readside: Role.READ}
+DEFAULT_ROLES = {
+    KeyService.collection: Role.SOURCE,
+    KeyService.workorders: Role.OPERATOR,
+    KeyService.readside: Role.READER,
+}
 CUSTOMERS_LOGINS = (
     "customers authenticates client systems with HTTP Basic, not API keys: run "
     "`python -m services.customers.commands.auth <client>` and add the printed entry to CUSTOMERS_CLIENTS."
@@ -100,14 +104,20 @@ def device_remove(meterpoint_id: str) -> None:
 def apikey_add(
     service: Annotated[KeyService, typer.Argument(help="whose key")],
     client: Annotated[str, typer.Argument(help="the client system, e.g. hes-north")],
-    role: Annotated[Role | None, typer.Option(help="default: write (collection, workorders), read (readside)")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="the grid company (GLN-13 or EIC-16) it belongs to; none for --role platform")
+    ] = None,
+    role: Annotated[
+        Role | None, typer.Option(help="default: source (collection), operator (workorders), reader (readside)")
+    ] = None,
 ) -> None:
     """Create an API key (printed once)."""
     if service is KeyService.customers:
         errors.print(CUSTOMERS_LOGINS)
         raise typer.Exit(2)
     chosen = role or DEFAULT_ROLES[service]
-    raise typer.Exit(_service_apikeys(service, ["add", client, "--role", chosen.value]))
+    scope = [] if tenant is None else ["--tenant", tenant]
+    raise typer.Exit(_service_apikeys(service, ["add", client, "--role", chosen.value, *scope]))
 
 
 @apikey_app.command("revoke")

@@ -10,6 +10,7 @@ from libs.events.base import EventData
 from libs.events.customers import CustomerRegistered, CustomerUpdated, MeterpointLinked, MeterpointUnlinked
 from libs.events.envelope import CloudEvent, envelope_class
 from libs.events.meter import MeterAlarmRaised, MeterReadingReceived
+from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated
 from libs.events.workorders import (
     WorkOrderCancelled,
     WorkOrderCompleted,
@@ -30,6 +31,8 @@ EVENT_CLASSES: tuple[type[EventData], ...] = (
     WorkOrderStarted,
     WorkOrderCompleted,
     WorkOrderCancelled,
+    MeterpointRegistered,
+    MeterpointUpdated,
 )
 """All payload classes; a new event is added here (and gets its schema from ``python -m libs.events.schemas``)."""
 

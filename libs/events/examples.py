@@ -20,6 +20,16 @@ from libs.events.customers import (
 from libs.events.envelope import CloudEvent, make_event
 from libs.events.gsrn import with_check_digit
 from libs.events.meter import MeterAlarm, MeterAlarmRaised, MeterReadingReceived, Quality, Register, Resolution, Unit
+from libs.events.meterpoints import (
+    Connection,
+    ConnectionState,
+    DataSource,
+    MeterpointRegistered,
+    MeterpointType,
+    MeterpointUpdated,
+    SettlementMethod,
+    SourceKind,
+)
 from libs.events.workorders import (
     TimeWindow,
     WorkOrderCancelled,
@@ -39,6 +49,8 @@ WORK_ORDER = "WO-2025-000117"
 COLLECTION = "/gridhub/collection"
 CUSTOMERS = "/gridhub/customers"
 WORKORDERS = "/gridhub/workorders"
+GRID_COMPANY = "5790000000012"
+"""A grid company's GLN-13 (check digit computed): the owner of the example meterpoints."""
 
 
 def _at(day: int, hour: int, minute: int = 0) -> datetime:
@@ -176,5 +188,37 @@ def example_events() -> list[CloudEvent[Any]]:
             source=WORKORDERS,
             id=_id(9),
             time=_at(6, 12),
+        ),
+        make_event(
+            MeterpointRegistered(
+                meterpoint_id=METERPOINT,
+                grid_company=GRID_COMPANY,
+                grid_area="804",
+                type=MeterpointType.CONSUMPTION,
+                resolution=Resolution.PT15M,
+                settlement_method=SettlementMethod.FLEX,
+                connection=Connection(state=ConnectionState.CONNECTED, since=date(2024, 6, 1)),
+                data_source=DataSource(kind=SourceKind.HEAD_END, id="hes-north"),
+                version=1,
+            ),
+            source=CUSTOMERS,
+            id=_id(10),
+            time=_at(1, 8),
+        ),
+        make_event(
+            MeterpointUpdated(
+                meterpoint_id=OTHER_METERPOINT,
+                grid_company=GRID_COMPANY,
+                grid_area="804",
+                type=MeterpointType.EXCHANGE,
+                neighbour_grid_area="791",
+                resolution=Resolution.PT1H,
+                connection=Connection(state=ConnectionState.CONNECTED, since=date(2023, 1, 1)),
+                data_source=DataSource(kind=SourceKind.FTP_PARTNER, id="mdm-partner"),
+                version=4,
+            ),
+            source=CUSTOMERS,
+            id=_id(11),
+            time=_at(2, 8),
         ),
     ]

@@ -15,6 +15,8 @@ CUSTOMERS = "customers.v1"
 """Customer and meterpoint-link events, keyed by customer id."""
 WORKORDERS = "workorders.v1"
 """Work order lifecycle events, keyed by work order id."""
+METERPOINTS = "meterpoints.v1"
+"""Meterpoint master data (MeterpointRegistered, MeterpointUpdated), keyed by meterpoint id; compacted."""
 
 DLQ_SUFFIX = ".dlq"
 PARTITIONS = 6
@@ -41,27 +43,31 @@ def is_dlq(topic: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """A topic to create: name, partition count and retention (``retention.ms``)."""
+    """A topic to create: name, partition count, retention (``retention.ms``, -1 = forever) and whether it is
+    compacted (the newest record per key is kept for good: master data a consumer rebuilds its view from)."""
 
     name: str
     partitions: int
     retention_ms: int
+    compacted: bool = False
 
     def config(self) -> dict[str, str]:
         """Topic-level configs as Kafka admin clients take them."""
-        return {"retention.ms": str(self.retention_ms), "cleanup.policy": "delete"}
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": "compact" if self.compacted else "delete"}
 
 
-EVENT_TOPICS: tuple[str, ...] = (READINGS, METER_EVENTS, CUSTOMERS, WORKORDERS)
+EVENT_TOPICS: tuple[str, ...] = (READINGS, METER_EVENTS, CUSTOMERS, WORKORDERS, METERPOINTS)
 """The topics that carry events (without their DLQs)."""
 
-_RETENTION_MS = {READINGS: READINGS_RETENTION_MS}
+_RETENTION_MS = {READINGS: READINGS_RETENTION_MS, METERPOINTS: -1}
+COMPACTED: frozenset[str] = frozenset({METERPOINTS})
+"""Topics whose consumers rebuild state from the newest record per key (read them from the beginning)."""
 
 TOPICS: tuple[TopicSpec, ...] = tuple(
     spec
     for name in EVENT_TOPICS
     for spec in (
-        TopicSpec(name, PARTITIONS, _RETENTION_MS.get(name, DEFAULT_RETENTION_MS)),
+        TopicSpec(name, PARTITIONS, _RETENTION_MS.get(name, DEFAULT_RETENTION_MS), compacted=name in COMPACTED),
         TopicSpec(dlq(name), PARTITIONS, DLQ_RETENTION_MS),
     )
 )

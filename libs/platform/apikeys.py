@@ -1,11 +1,12 @@
-"""API-key authentication for the REST APIs: keys hashed at rest, one role per key.
+"""API-key authentication for the REST APIs: keys hashed at rest, one tenant and one role per key.
 
 A key reads ``ghk_<key id>_<secret>``. The key id is not secret: it finds the stored record without a scan
 and names the key in logs. Only the SHA-256 of the whole key is stored; the plain key is shown once, when
 `generate_api_key` creates it.
 
 Wiring: ``set_key_store(app, store)`` in the composition root, then protect a route with
-``Depends(require_role("write"))``; the dependency returns the caller's `ApiKeyRecord`. 401/403 answers
+``Depends(require_role(Role.SOURCE))``; the dependency returns the caller's `ApiKeyRecord`, whose
+``principal`` (tenant and role, `libs.platform.tenancy`) scopes what the caller sees. 401/403 answers
 are RFC 9457 problems once `libs.platform.problems.install_problem_handlers` is installed.
 """
 
@@ -19,7 +20,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, NamedTuple, Protocol
 
 from fastapi import Depends, Request
@@ -27,6 +28,26 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.applications import Starlette
 
 from libs.platform.problems import Problem, ProblemError
+from libs.platform.tenancy import Principal, PrincipalKind, Role, validate_tenant
+
+__all__ = [
+    "ApiKeyRecord",
+    "InMemoryKeyStore",
+    "KeyStore",
+    "KeyStoreSlot",
+    "NewApiKey",
+    "Principal",
+    "PrincipalKind",
+    "Role",
+    "authenticate",
+    "generate_api_key",
+    "get_key_store",
+    "hash_api_key",
+    "parse_key_id",
+    "require_role",
+    "set_key_store",
+    "verify_api_key",
+]
 
 KEY_PREFIX = "ghk"
 _KEY_FORMAT = re.compile(r"ghk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -38,24 +59,10 @@ _REALM = 'Bearer realm="gridhub"'
 logger = logging.getLogger(__name__)
 
 
-class Role(StrEnum):
-    """What a key may do; each role includes the ones below it (admin > write > read)."""
-
-    READ = "read"
-    WRITE = "write"
-    ADMIN = "admin"
-
-    def allows(self, required: Role) -> bool:
-        """True when this role is ``required`` or above it."""
-        return _RANK[self] >= _RANK[required]
-
-
-_RANK = {Role.READ: 0, Role.WRITE: 1, Role.ADMIN: 2}
-
-
 @dataclass(frozen=True)
 class ApiKeyRecord:
-    """A key as stored: no plain key, only its hash. ``client`` names the key holder (logs, quotas)."""
+    """A key as stored: no plain key, only its hash. ``client`` names the key holder (logs, quotas, and the
+    data source a head-end delivers as); ``tenant`` is the grid company it belongs to (None: platform role)."""
 
     key_id: str
     key_hash: str
@@ -63,6 +70,12 @@ class ApiKeyRecord:
     client: str
     created_at: datetime
     revoked_at: datetime | None = None
+    tenant: str | None = None
+
+    @cached_property
+    def principal(self) -> Principal:
+        """Who the caller is for scoping: the key's client, tenant and role."""
+        return Principal(self.client, PrincipalKind.API_KEY, self.role, self.tenant)
 
     @property
     def active(self) -> bool:
@@ -98,18 +111,26 @@ def verify_api_key(plain_key: str, record: ApiKeyRecord) -> bool:
     return hmac.compare_digest(hash_api_key(plain_key), record.key_hash)
 
 
-def generate_api_key(client: str, role: Role | str, *, now: datetime | None = None) -> NewApiKey:
-    """Create a key for ``client`` with ``role``; the plain key exists only in the returned value."""
+def generate_api_key(
+    client: str, role: Role | str, *, tenant: str | None = None, now: datetime | None = None
+) -> NewApiKey:
+    """Create a key for ``client`` of ``tenant`` with ``role``; the plain key exists only in the returned value.
+
+    Every role but ``platform`` needs a tenant (a grid company's GLN-13 or EIC-16); ``platform`` has none.
+    """
     if not _CLIENT_NAME.fullmatch(client):
         raise ValueError("client must be 1-64 characters of letters, digits, '.', '_' and '-'")
+    role = Role(role)
+    validate_tenant(tenant, role)
     key_id = secrets.token_hex(8)
     plain_key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     record = ApiKeyRecord(
         key_id=key_id,
         key_hash=hash_api_key(plain_key),
-        role=Role(role),
+        role=role,
         client=client,
         created_at=now or datetime.now(UTC),
+        tenant=tenant,
     )
     return NewApiKey(plain_key, record)
 

@@ -1,4 +1,4 @@
-"""The API-key command every service with keys offers: ``add <client> [--role ...]`` and ``revoke <key id>``.
+"""The API-key command every service with keys offers: ``add <client> --tenant <id> [--role ...]``, ``revoke <key id>``.
 
 Keys live in the service's own database (table ``api_keys``, hashed); the plain key is printed once. A service's
 ``commands/apikeys.py`` calls `main` with its settings (the ``postgres_*`` fields every service names alike).
@@ -11,20 +11,28 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from libs.platform.apikeys import Role, generate_api_key
+from libs.platform.apikeys import generate_api_key
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
 from libs.platform.database import open_database
 from libs.platform.settings import ServiceSettings
+from libs.platform.tenancy import Role, validate_tenant
 
 
 async def _run(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    if args.command == "add":
+        try:
+            validate_tenant(args.tenant, Role(args.role))
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 2
     pool = await open_database(settings, [(APIKEY_COMPONENT, APIKEY_MIGRATIONS)], max_size=1)
     try:
         store = PostgresKeyStore(pool)
         if args.command == "add":
-            new = generate_api_key(args.client, Role(args.role))
+            new = generate_api_key(args.client, Role(args.role), tenant=args.tenant)
             await store.add(new.record)
-            print(f"key id {new.record.key_id} for {args.client} (role {args.role})")
+            owner = "the platform" if args.tenant is None else f"tenant {args.tenant}"
+            print(f"key id {new.record.key_id} for {args.client} of {owner} (role {args.role})")
             print(f"API key (shown once): {new.plain_key}")
             return 0
         if await store.revoke(args.key_id):
@@ -41,7 +49,7 @@ def main(
     settings: ServiceSettings,
     *,
     example_client: str,
-    default_role: Role = Role.WRITE,
+    default_role: Role = Role.SOURCE,
 ) -> int:
     """``python -m services.<service>.commands.apikeys add <client> [--role ...]`` or ``revoke <key id>``."""
     service = settings.service_name
@@ -52,6 +60,7 @@ def main(
     add = commands.add_parser("add", help="create a key for a client system")
     add.add_argument("client", help=f"the client system's name, e.g. {example_client}")
     add.add_argument("--role", choices=[role.value for role in Role], default=default_role.value)
+    add.add_argument("--tenant", help="the grid company (GLN-13 or EIC-16) the key belongs to; none for platform")
     revoke = commands.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)

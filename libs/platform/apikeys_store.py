@@ -8,7 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from libs.platform.apikeys import ApiKeyRecord, Role
+from libs.platform.apikeys import ApiKeyRecord
+from libs.platform.tenancy import Role
 
 APIKEY_MIGRATIONS = Path(__file__).parent / "sql" / "apikeys"
 APIKEY_COMPONENT = "platform.apikeys"
@@ -22,7 +23,8 @@ class PostgresKeyStore:
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:
         row = await self._pool.fetchrow(
-            "SELECT key_id, key_hash, role, client, created_at, revoked_at FROM api_keys WHERE key_id = $1", key_id
+            "SELECT key_id, key_hash, role, client, created_at, revoked_at, tenant FROM api_keys WHERE key_id = $1",
+            key_id,
         )
         if row is None:
             return None
@@ -33,19 +35,21 @@ class PostgresKeyStore:
             client=row["client"],
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
+            tenant=row["tenant"],
         )
 
     async def add(self, record: ApiKeyRecord) -> None:
         try:
             await self._pool.execute(
-                "INSERT INTO api_keys (key_id, key_hash, role, client, created_at, revoked_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO api_keys (key_id, key_hash, role, client, created_at, revoked_at, tenant) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 record.key_id,
                 record.key_hash,
                 record.role.value,
                 record.client,
                 record.created_at,
                 record.revoked_at,
+                record.tenant,
             )
         except asyncpg.UniqueViolationError:
             raise ValueError(f"API key id {record.key_id} already exists") from None

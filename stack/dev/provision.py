@@ -30,6 +30,8 @@ from libs.platform.apikeys_store import PostgresKeyStore
 from libs.platform.db import create_pool
 from stack.config import REPO
 
+DEV_GRID_COMPANY = "5790000000012"
+"""The grid company (tenant) the dev stack's principals belong to."""
 _KEY_LINE = re.compile(r"API key \(shown once\): (\S+)")
 
 
@@ -128,8 +130,9 @@ async def _key_works(dsn: str, schema: str | None, key: ApiKey | None) -> bool:
     return record is not None and record.active and verify_api_key(key.key, record)
 
 
-async def _service_key(service: str, client: str, role: Role) -> ApiKey:
-    code, output = await run_module(f"services.{service}.commands.apikeys", ["add", client, "--role", role.value])
+async def _service_key(service: str, client: str, role: Role, tenant: str = DEV_GRID_COMPANY) -> ApiKey:
+    arguments = ["add", client, "--role", role.value, "--tenant", tenant]
+    code, output = await run_module(f"services.{service}.commands.apikeys", arguments)
     match = _KEY_LINE.search(output)
     if code != 0 or match is None:
         raise RuntimeError(
@@ -152,21 +155,21 @@ async def ensure_keys(credentials: Credentials) -> Credentials:
         if await _key_works(dsn, collection.postgres_schema, credentials.collection_key):
             assert credentials.collection_key is not None
             return credentials.collection_key
-        return await _service_key("collection", f"{name}-head-end", Role.WRITE)
+        return await _service_key("collection", f"{name}-head-end", Role.SOURCE)
 
     async def workorders_key() -> ApiKey:
         dsn = workorders.postgres_dsn.get_secret_value()
         if await _key_works(dsn, workorders.postgres_schema, credentials.workorders_key):
             assert credentials.workorders_key is not None
             return credentials.workorders_key
-        return await _service_key("workorders", f"{name}-work-planning", Role.WRITE)
+        return await _service_key("workorders", f"{name}-work-planning", Role.OPERATOR)
 
     async def readside_key() -> ApiKey:
         dsn = readside.postgres_dsn.get_secret_value()
         if await _key_works(dsn, readside.postgres_schema, credentials.readside_key):
             assert credentials.readside_key is not None
             return credentials.readside_key
-        return await _service_key("readside", f"{name}-web", Role.READ)
+        return await _service_key("readside", f"{name}-web", Role.READER)
 
     keys = await asyncio.gather(collection_key(), workorders_key(), readside_key())
     return credentials.model_copy(

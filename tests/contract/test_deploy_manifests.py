@@ -309,17 +309,17 @@ def test_compose_environment_gives_valid_production_settings(service: str, monke
         assert settings.customers_soap_url.startswith("http://customers:8082/")
 
 
-def _topic_rows(path: Path) -> list[tuple[str, int, int]]:
+def _topic_rows(path: Path) -> list[tuple[str, int, int, str]]:
     rows = []
     for line in path.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
-            name, partitions, retention_ms = line.split()
-            rows.append((name, int(partitions), int(retention_ms)))
+            name, partitions, retention_ms, cleanup_policy = line.split()
+            rows.append((name, int(partitions), int(retention_ms), cleanup_policy))
     return rows
 
 
-def _catalogue() -> list[tuple[str, int, int]]:
-    return [(spec.name, spec.partitions, spec.retention_ms) for spec in topics.TOPICS]
+def _catalogue() -> list[tuple[str, int, int, str]]:
+    return [(spec.name, spec.partitions, spec.retention_ms, spec.config()["cleanup.policy"]) for spec in topics.TOPICS]
 
 
 def test_compose_creates_the_topics_of_the_event_catalogue() -> None:
@@ -705,7 +705,13 @@ def test_strimzi_kafka_has_three_brokers_replicating_every_topic_three_times(ove
 
     kafka_topics = _of_kind(overlay, "KafkaTopic")
     assert sorted(
-        (t["spec"]["topicName"], t["spec"]["partitions"], t["spec"]["config"]["retention.ms"]) for t in kafka_topics
+        (
+            t["spec"]["topicName"],
+            t["spec"]["partitions"],
+            t["spec"]["config"]["retention.ms"],
+            t["spec"]["config"]["cleanup.policy"],
+        )
+        for t in kafka_topics
     ) == sorted(_catalogue())
     for topic in kafka_topics:
         assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"

@@ -11,6 +11,7 @@ from libs.platform.apikeys import InMemoryKeyStore, KeyStore, Role, authenticate
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
 from libs.platform.db import create_pool
 from libs.platform.migrations import migrate
+from tests.tenants import TENANT_A
 
 pytestmark = pytest.mark.postgres
 
@@ -30,26 +31,26 @@ async def store(request: pytest.FixtureRequest, pg_dsn: str, pg_schema: str) -> 
 
 
 async def test_a_stored_key_authenticates_and_only_its_hash_is_kept(store: KeyStore) -> None:
-    new = generate_api_key("headend-north", Role.WRITE)
+    new = generate_api_key("headend-north", Role.SOURCE, tenant=TENANT_A)
     await store.add(new.record)
     found = await authenticate(store, new.plain_key)
     assert found is not None
-    assert (found.client, found.role) == ("headend-north", Role.WRITE)
+    assert (found.client, found.role) == ("headend-north", Role.SOURCE)
     stored = await store.get(new.record.key_id)
     assert stored is not None
     assert new.plain_key.split("_")[-1] not in stored.key_hash
 
 
 async def test_wrong_secret_and_unknown_key_are_refused(store: KeyStore) -> None:
-    new = generate_api_key("billing", Role.READ)
+    new = generate_api_key("billing", Role.READER, tenant=TENANT_A)
     await store.add(new.record)
     tampered = new.plain_key[:-4] + ("AAAA" if not new.plain_key.endswith("AAAA") else "BBBB")
     assert await authenticate(store, tampered) is None
-    assert await authenticate(store, generate_api_key("other", Role.READ).plain_key) is None
+    assert await authenticate(store, generate_api_key("other", Role.READER, tenant=TENANT_A).plain_key) is None
 
 
 async def test_revoked_key_no_longer_authenticates(store: KeyStore) -> None:
-    new = generate_api_key("partner-ftp", Role.ADMIN)
+    new = generate_api_key("partner-ftp", Role.ADMIN, tenant=TENANT_A)
     await store.add(new.record)
     assert await store.revoke(new.record.key_id, at=datetime(2026, 11, 26, tzinfo=UTC)) is True
     assert await store.revoke(new.record.key_id) is True, "revoking again is harmless"
@@ -61,7 +62,7 @@ async def test_revoked_key_no_longer_authenticates(store: KeyStore) -> None:
 
 
 async def test_duplicate_key_id_is_refused(store: KeyStore) -> None:
-    new = generate_api_key("crm", Role.WRITE)
+    new = generate_api_key("crm", Role.SOURCE, tenant=TENANT_A)
     await store.add(new.record)
     with pytest.raises(ValueError, match="already exists"):
         await store.add(new.record)

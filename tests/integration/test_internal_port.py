@@ -15,6 +15,7 @@ from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
 from services.collection.app import create_app
 from services.collection.settings import CollectionSettings, FtpSettings, MqttSettings
 from tests.integration.http_support import free_port, served
+from tests.tenants import TENANT_A
 
 pytestmark = [pytest.mark.kafka]
 
@@ -33,7 +34,7 @@ def _settings(kafka_bootstrap: str, internal_port: int | None) -> CollectionSett
 
 async def test_metrics_and_documents_answer_on_the_internal_port_only(kafka_bootstrap: str) -> None:
     settings = _settings(kafka_bootstrap, free_port())
-    key = generate_api_key("mdm", Role.WRITE)
+    key = generate_api_key("mdm", Role.SOURCE, tenant=TENANT_A)
     app = create_app(
         settings, key_store=InMemoryKeyStore([key.record]), readiness_checks=[], registry=CollectorRegistry()
     )

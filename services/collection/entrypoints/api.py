@@ -54,7 +54,7 @@ def get_dependencies(request: Request) -> RestDependencies:
 
 
 DependenciesDep = Annotated[RestDependencies, Depends(get_dependencies)]
-WriterDep = Annotated[ApiKeyRecord, Depends(require_role(Role.WRITE))]
+WriterDep = Annotated[ApiKeyRecord, Depends(require_role(Role.SOURCE))]
 
 
 # --- documented shapes (the handlers build the JSON directly; these models only describe it) --------------------

@@ -14,7 +14,7 @@ from services.readside.settings import ReadsideSettings
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``add <client> [--role read|write|admin]`` or ``revoke <key id>``."""
-    return apikeys_cli.main(argv, ReadsideSettings(), example_client="web", default_role=Role.READ)
+    return apikeys_cli.main(argv, ReadsideSettings(), example_client="web", default_role=Role.READER)
 
 
 if __name__ == "__main__":

@@ -263,6 +263,6 @@ def create_api(
     install_problem_handlers(app)
     app.state.settings = settings
     app.state.queries = queries
-    dependencies = [Depends(require_role(Role.READ))] if settings.require_api_key else []
+    dependencies = [Depends(require_role(Role.READER))] if settings.require_api_key else []
     app.include_router(router, dependencies=dependencies)
     return app

@@ -76,8 +76,8 @@ def get_default_page_size(request: Request) -> int:
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
-Reader = Annotated[ApiKeyRecord, Depends(require_role(Role.READ))]
-Writer = Annotated[ApiKeyRecord, Depends(require_role(Role.WRITE))]
+Reader = Annotated[ApiKeyRecord, Depends(require_role(Role.READER))]
+Writer = Annotated[ApiKeyRecord, Depends(require_role(Role.OPERATOR))]
 WorkOrderId = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["WO-00000001"])]
 IfMatch = Annotated[
     str | None,

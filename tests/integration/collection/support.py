@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from libs.events.gsrn import with_check_digit
 from libs.events.topics import PARTITIONS
 from stack.config import StackConfig
+from tests.tenants import TENANT_A
 
 
 def new_meterpoint() -> str:
@@ -304,7 +305,7 @@ async def running_service(settings: Any) -> AsyncIterator[RunningService]:
         parts = app.state.parts
         if parts.mqtt is not None:
             await parts.mqtt.wait_subscribed(10.0)
-        writer = generate_api_key(f"hes-{secrets.token_hex(3)}", Role.WRITE)
+        writer = generate_api_key(f"hes-{secrets.token_hex(3)}", Role.SOURCE, tenant=TENANT_A)
         await app.state.api_key_store.add(writer.record)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://collection") as http:

@@ -28,6 +28,7 @@ from services.collection.app import create_app
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 from tests.integration.collection.support import new_meterpoint
 from tests.integration.http_support import SlowClient, free_port, served
+from tests.tenants import TENANT_A
 
 pytestmark = [pytest.mark.kafka]
 
@@ -74,7 +75,10 @@ def _settings(kafka_bootstrap: str, quota: QuotaSettings = AMPLE_QUOTA, **change
 
 @pytest.fixture
 async def edge(kafka_bootstrap: str) -> AsyncIterator[Edge]:
-    attacker, partner = generate_api_key("noisy-hes", Role.WRITE), generate_api_key("mdm", Role.WRITE)
+    attacker, partner = (
+        generate_api_key("noisy-hes", Role.SOURCE, tenant=TENANT_A),
+        generate_api_key("mdm", Role.SOURCE, tenant=TENANT_A),
+    )
     settings = _settings(kafka_bootstrap)
     keys = InMemoryKeyStore([attacker.record, partner.record])
     app = create_app(settings, key_store=keys, readiness_checks=[], registry=CollectorRegistry())

@@ -19,6 +19,7 @@ from libs.platform.apikeys import Role, generate_api_key
 from services.collection.app import create_app
 from services.collection.settings import CollectionSettings, FtpSettings, MqttSettings
 from tests.integration.collection.support import new_meterpoint
+from tests.tenants import TENANT_A
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -44,7 +45,10 @@ async def service(kafka_bootstrap: str, pg_dsn: str, pg_schema: str) -> AsyncIte
     app = create_app(settings, registry=CollectorRegistry())
     async with app.router.lifespan_context(app):
         client_name = f"hes-{new_meterpoint()[-6:]}"
-        writer, reader = generate_api_key(client_name, Role.WRITE), generate_api_key("dashboard", Role.READ)
+        writer, reader = (
+            generate_api_key(client_name, Role.SOURCE, tenant=TENANT_A),
+            generate_api_key("dashboard", Role.READER, tenant=TENANT_A),
+        )
         await app.state.api_key_store.add(writer.record)  # into the service's api_keys table
         await app.state.api_key_store.add(reader.record)
         transport = httpx.ASGITransport(app=app)
@@ -178,7 +182,7 @@ async def test_a_topic_prefix_moves_readings_and_dead_letters_to_topics_of_their
         platform_topic = await topic_reader("meter.readings.v1")
         own, own_dlq = await topic_reader(names[0]), await topic_reader(names[1])
         async with app.router.lifespan_context(app):
-            writer = generate_api_key("hes-prefixed", Role.WRITE)
+            writer = generate_api_key("hes-prefixed", Role.SOURCE, tenant=TENANT_A)
             await app.state.api_key_store.add(writer.record)
             meterpoint = new_meterpoint()
             transport = httpx.ASGITransport(app=app)

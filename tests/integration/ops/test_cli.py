@@ -22,6 +22,7 @@ from ops.cli import app
 from services.collection.adapters.ftpusers import FtpUser, PostgresFtpUserStore
 from stack.config import StackConfig
 from stack.mosquitto import Mosquitto
+from tests.tenants import TENANT_A
 
 COMMANDS = [
     [],
@@ -86,13 +87,13 @@ def test_a_device_is_added_and_removed(stack: StackConfig) -> None:
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     ("service", "schema", "role"),
-    [("readside", "readside", "read"), ("collection", None, "write"), ("workorders", None, "write")],
+    [("readside", "readside", "reader"), ("collection", None, "source"), ("workorders", None, "operator")],
 )
 def test_a_key_is_made_in_the_services_database_and_revoked(
     stack: StackConfig, service: str, schema: str | None, role: str
 ) -> None:
     client = f"test-{secrets.token_hex(4)}"
-    added = CliRunner().invoke(app, ["apikey", "add", service, client])
+    added = CliRunner().invoke(app, ["apikey", "add", service, client, "--tenant", TENANT_A])
     assert added.exit_code == 0, added.output
     key = added.output.split("API key (shown once): ")[1].split()[0]
     key_id = parse_key_id(key)
@@ -100,7 +101,7 @@ def test_a_key_is_made_in_the_services_database_and_revoked(
     assert f"role {role}" in added.output
     record = asyncio.run(_stored(stack, service, schema, key_id))
     assert record is not None
-    assert record.client == client
+    assert (record.client, record.tenant) == (client, TENANT_A)
     assert verify_api_key(key, record)
     revoked = CliRunner().invoke(app, ["apikey", "revoke", service, key_id])
     assert revoked.exit_code == 0, revoked.output
@@ -145,3 +146,15 @@ async def _partner(stack: StackConfig, login: str) -> FtpUser | None:
         return await PostgresFtpUserStore(pool).get(login)
     finally:
         await pool.close()
+
+
+@pytest.mark.postgres
+def test_a_key_without_a_tenant_is_refused_unless_it_is_the_platform_s() -> None:
+    refused = CliRunner().invoke(app, ["apikey", "add", "readside", f"t-{secrets.token_hex(4)}"])
+    assert refused.exit_code == 2
+    assert "belongs to a tenant" in refused.output
+    refused = CliRunner().invoke(
+        app, ["apikey", "add", "readside", f"t-{secrets.token_hex(4)}", "--role", "platform", "--tenant", TENANT_A]
+    )
+    assert refused.exit_code == 2
+    assert "no tenant" in refused.output

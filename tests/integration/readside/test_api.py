@@ -28,6 +28,7 @@ from tests.integration.readside.support import (
     settings_for,
     wait_for,
 )
+from tests.tenants import TENANT_A
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -42,7 +43,7 @@ async def api(
     stream = reading_stream(seed=41, meterpoints=4, start=NOW - timedelta(days=3), hours=60)
     await produce(kafka_bootstrap, records_of([*stream.events, *entity_events(41, METERPOINTS, now=NOW)], topics))
     settings = settings_for(pg_dsn, kafka_bootstrap, control_schema, topics, require_api_key=True)
-    key = generate_api_key("web", Role.READ)
+    key = generate_api_key("web", Role.READER, tenant=TENANT_A)
     app = create_app(settings, registry=CollectorRegistry(), key_store=InMemoryKeyStore([key.record]))
     async with app.router.lifespan_context(app):
         ends = await end_offsets(kafka_bootstrap, topics.all)

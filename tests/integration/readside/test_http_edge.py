@@ -26,6 +26,7 @@ from services.readside.app import create_app
 from services.readside.settings import Boundaries
 from tests.integration.http_support import SlowClient, free_port, served
 from tests.integration.readside.support import Topics, settings_for
+from tests.tenants import TENANT_A
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -107,7 +108,10 @@ async def edge(pg_dsn: str, kafka_bootstrap: str, control_schema: str) -> AsyncI
     )
     late = LateStore()
     app = create_app(settings, registry=CollectorRegistry(), key_store=late)
-    attacker, partner = generate_api_key("scraper", Role.READ), generate_api_key("web", Role.READ)
+    attacker, partner = (
+        generate_api_key("scraper", Role.READER, tenant=TENANT_A),
+        generate_api_key("web", Role.READER, tenant=TENANT_A),
+    )
     async with served(app, settings) as base_url:
         pool = app.state.parts.pool
         # The store an operator's `gridhub ... apikeys` command writes to, and the one the app reads through.

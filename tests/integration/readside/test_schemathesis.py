@@ -21,6 +21,7 @@ from libs.platform.apikeys import Role, generate_api_key
 from services.readside.contracts import OPENAPI_PATH
 from tests.integration.http_support import free_port, service_process
 from tests.integration.schemathesis_support import FUZZ, Service, call_and_check
+from tests.tenants import TENANT_A
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -49,16 +50,17 @@ async def service(
     log = tmp_path_factory.mktemp("readside") / "service.log"
     try:
         async with service_process("readside", env, port, log) as base_url:
-            key = generate_api_key("schemathesis", Role.READ)
+            key = generate_api_key("schemathesis", Role.READER, tenant=TENANT_A)
             record = key.record
             await conn.execute(
-                f"INSERT INTO {control}.api_keys (key_id, key_hash, role, client, created_at) "
-                "VALUES ($1, $2, $3, $4, $5)",
+                f"INSERT INTO {control}.api_keys (key_id, key_hash, role, client, created_at, tenant) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
                 record.key_id,
                 record.key_hash,
                 record.role.value,
                 record.client,
                 record.created_at,
+                record.tenant,
             )
             yield Service(base_url, {"X-API-Key": key.plain_key}, session)
     finally:

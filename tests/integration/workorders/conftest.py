@@ -21,12 +21,13 @@ from services.workorders.app import Parts, create_app
 from services.workorders.handlers import CustomerDirectory
 from services.workorders.settings import WorkordersSettings
 from tests.integration.workorders.support import CustomersProcess, FakeDirectory
+from tests.tenants import TENANT_A
 
-KEYS = {role: generate_api_key(f"{role}-client", role) for role in (Role.READ, Role.WRITE)}
-OTHER_WRITER = generate_api_key("planning-2", Role.WRITE)
+KEYS = {role: generate_api_key(f"{role}-client", role, tenant=TENANT_A) for role in (Role.READER, Role.OPERATOR)}
+OTHER_WRITER = generate_api_key("planning-2", Role.OPERATOR, tenant=TENANT_A)
 
 
-def auth(role: Role = Role.WRITE) -> dict[str, str]:
+def auth(role: Role = Role.OPERATOR) -> dict[str, str]:
     """Headers carrying the test key of ``role``."""
     return {"Authorization": f"Bearer {KEYS[role].plain_key}"}
 

@@ -53,7 +53,7 @@ async def orders_of(db: asyncpg.Connection[Any], meterpoint_id: str) -> list[asy
 
 
 async def cancel(running: Running, work_order_id: str, reason: str) -> None:
-    headers = auth(Role.WRITE) | {"If-Match": "*"}
+    headers = auth(Role.OPERATOR) | {"If-Match": "*"}
     response = await running.client.post(
         f"/v1/work-orders/{work_order_id}/cancel", json={"reason": reason}, headers=headers
     )

@@ -56,7 +56,7 @@ async def test_an_order_goes_through_its_lifecycle_and_publishes_each_step(
     assert created.headers["ETag"] == '"1"'
     assert created.headers["Location"] == f"{BASE}/{order['work_order_id']}"
 
-    fetched = await api.client.get(created.headers["Location"], headers=auth(Role.READ))
+    fetched = await api.client.get(created.headers["Location"], headers=auth(Role.READER))
     assert fetched.status_code == 200
     assert fetched.json() == order
     assert fetched.headers["ETag"] == '"1"'
@@ -184,7 +184,7 @@ async def test_keys_and_roles(api: Running) -> None:
     anonymous = await api.client.get(f"{BASE}/{order['work_order_id']}")
     assert anonymous.status_code == 401
     assert anonymous.headers["content-type"] == "application/problem+json"
-    reader = auth(Role.READ) | {"Idempotency-Key": "k1"}
+    reader = auth(Role.READER) | {"Idempotency-Key": "k1"}
     forbidden = await api.client.post(
         BASE, json={"meterpoint_id": new_meterpoint(), "type": "reconnect"}, headers=reader
     )
@@ -214,7 +214,7 @@ async def test_lists_filter_and_page_with_a_cursor(api: Running) -> None:
     await act(api.client, made[1], "cancel", {"reason": "duplicate"}, '"1"')
 
     async def listing(**params: Any) -> dict[str, Any]:
-        response = await api.client.get(BASE, params={"meterpoint_id": meterpoint, **params}, headers=auth(Role.READ))
+        response = await api.client.get(BASE, params={"meterpoint_id": meterpoint, **params}, headers=auth(Role.READER))
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
@@ -238,7 +238,7 @@ async def test_lists_filter_and_page_with_a_cursor(api: Running) -> None:
 
     first = await listing(limit=2)
     other_filters = await api.client.get(
-        BASE, params={"cursor": first["next_cursor"], "type": "disconnect"}, headers=auth(Role.READ)
+        BASE, params={"cursor": first["next_cursor"], "type": "disconnect"}, headers=auth(Role.READER)
     )
     assert (other_filters.status_code, other_filters.json()["reason"]) == (400, "invalid_cursor")
 

@@ -111,7 +111,7 @@ async def test_an_alarm_opens_exactly_one_inspection_even_when_delivered_twice(
 
     rows = await db.fetch("SELECT work_order_id, alarm_id::text AS alarm_id FROM work_orders ORDER BY seq")
     assert sorted(row["alarm_id"] for row in rows) == sorted([tamper.alarm_id, clock.alarm_id])
-    response = await running.client.get(f"/v1/work-orders/{rows[0]['work_order_id']}", headers=auth(Role.READ))
+    response = await running.client.get(f"/v1/work-orders/{rows[0]['work_order_id']}", headers=auth(Role.READER))
     order = response.json()
     assert (order["type"], order["origin"], order["meterpoint_id"]) == ("inspect_meter", "alarm", meterpoint)
     assert order["customer"]["status"] == "pending", "the customers service has not confirmed it"

@@ -123,7 +123,7 @@ async def test_orders_are_created_while_the_customers_service_is_down_and_enrich
     await wait_for(enriched, 20, "the enricher to fill in every pending customer after the restart")
     assert breaker.state is BreakerState.CLOSED
     for order in pending:
-        response = await running.client.get(f"/v1/work-orders/{order['work_order_id']}", headers=auth(Role.READ))
+        response = await running.client.get(f"/v1/work-orders/{order['work_order_id']}", headers=auth(Role.READER))
         now = response.json()
         assert (now["customer"]["status"], now["customer"]["source"]) == ("known", "customers_service")
         assert (now["customer"]["customer_id"], now["customer"]["name"]) == (customer_id, "Jens Jensen")

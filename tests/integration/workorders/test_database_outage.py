@@ -77,7 +77,7 @@ async def test_a_database_outage_gives_503_and_pauses_the_consumer_without_skipp
 
     proxy.cut()
     for _ in range(4):
-        response = await running.client.get(url, headers=auth(Role.READ))
+        response = await running.client.get(url, headers=auth(Role.READER))
         assert response.status_code == 503, response.text
         assert response.json()["reason"] in {"database_unavailable", "breaker_open"}
         assert int(response.headers["Retry-After"]) >= 1
@@ -117,6 +117,6 @@ async def test_a_database_outage_gives_503_and_pauses_the_consumer_without_skipp
     assert await db.fetchval("SELECT count(*) FROM work_orders WHERE alarm_id = $1", alarm.alarm_id) == 1
 
     async def api_back() -> bool:
-        return (await running.client.get(url, headers=auth(Role.READ))).status_code == 200
+        return (await running.client.get(url, headers=auth(Role.READER))).status_code == 200
 
     await wait_for(api_back, 20, "the API to answer again after the breaker's wait")

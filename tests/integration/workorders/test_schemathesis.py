@@ -29,6 +29,7 @@ from libs.platform.apikeys import Role, generate_api_key
 from services.workorders.contracts import OPENAPI
 from stack.config import REPO
 from tests.integration.workorders.support import free_port, new_meterpoint
+from tests.tenants import TENANT_A
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
@@ -90,16 +91,17 @@ async def service(
     session = requests.Session()
     try:
         await _wait_ready(process, base_url, log)
-        key = generate_api_key("schemathesis", Role.WRITE)
+        key = generate_api_key("schemathesis", Role.OPERATOR, tenant=TENANT_A)
         record = key.record
         await conn.execute(
-            f"INSERT INTO {db_schema}.api_keys (key_id, key_hash, role, client, created_at) "
-            "VALUES ($1, $2, $3, $4, $5)",
+            f"INSERT INTO {db_schema}.api_keys (key_id, key_hash, role, client, created_at, tenant) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
             record.key_id,
             record.key_hash,
             record.role.value,
             record.client,
             record.created_at,
+            record.tenant,
         )
         headers = {"Authorization": f"Bearer {key.plain_key}"}
         async with httpx.AsyncClient(base_url=base_url, headers=headers) as client:

@@ -17,6 +17,7 @@ from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
 from services.collection.adapters.lag import total_lag
 from services.collection.app import build_parts, create_admission, create_app
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
+from tests.tenants import TENANT_A
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 READING = {
@@ -71,7 +72,7 @@ def test_every_ingress_quota_follows_the_signal_down_at_once_and_back_gradually(
 async def test_rest_clients_wait_longer_while_the_read_side_lags() -> None:
     clock = FakeClock()
     pressure = [0.0]
-    writer = generate_api_key("hes-north", Role.WRITE)
+    writer = generate_api_key("hes-north", Role.SOURCE, tenant=TENANT_A)
     app = create_app(
         settings(),
         publisher=Accepting(),

@@ -24,6 +24,7 @@ from services.collection.adapters.kafka import PublishFailed
 from services.collection.app import create_app
 from services.collection.entrypoints.api import read_body
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
+from tests.tenants import TENANT_A
 
 METERPOINT = "571313180400000025"
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -77,9 +78,9 @@ def settings(**changes: Any) -> CollectionSettings:
 @pytest.fixture
 async def service() -> AsyncIterator[Service]:
     writer, other_writer, reader = (
-        generate_api_key("hes-north", Role.WRITE),
-        generate_api_key("mdm-south", Role.WRITE),
-        generate_api_key("dashboard", Role.READ),
+        generate_api_key("hes-north", Role.SOURCE, tenant=TENANT_A),
+        generate_api_key("mdm-south", Role.SOURCE, tenant=TENANT_A),
+        generate_api_key("dashboard", Role.READER, tenant=TENANT_A),
     )
     publisher = RecordingPublisher()
     registry = CollectorRegistry()
@@ -178,7 +179,7 @@ async def test_missing_or_wrong_api_key_is_401(service: Service, headers: dict[s
 
 async def test_a_read_key_may_not_write(service: Service) -> None:
     response = await service.client.post("/v1/readings", json=[reading()], headers=service.auth(service.reader))
-    assert "write" in assert_problem(response, 403)["detail"]
+    assert "source" in assert_problem(response, 403)["detail"]
 
 
 @pytest.mark.parametrize(

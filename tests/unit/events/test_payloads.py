@@ -66,6 +66,8 @@ def test_event_type_names_follow_one_scheme() -> None:
         "gridhub.workorder.started",
         "gridhub.workorder.completed",
         "gridhub.workorder.cancelled",
+        "gridhub.meterpoint.registered",
+        "gridhub.meterpoint.updated",
     )
     assert all(event_class(name).event_type == name for name in EVENT_TYPES)
 

@@ -24,18 +24,20 @@ from libs.platform.apikeys import (
     verify_api_key,
 )
 from libs.platform.problems import PROBLEM_JSON, install_problem_handlers
+from libs.platform.tenancy import PrincipalKind
+from tests.tenants import TENANT_A, TENANT_B
 
 
 def test_generated_key_has_the_documented_shape() -> None:
-    plain_key, record = generate_api_key("datahub", "write", now=datetime(2024, 11, 1, tzinfo=UTC))
+    plain_key, record = generate_api_key("datahub", "source", tenant=TENANT_A, now=datetime(2024, 11, 1, tzinfo=UTC))
     assert re.fullmatch(r"ghk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}", plain_key)
     assert parse_key_id(plain_key) == record.key_id
-    assert (record.role, record.client, record.active) == (Role.WRITE, "datahub", True)
+    assert (record.role, record.client, record.active) == (Role.SOURCE, "datahub", True)
     assert record.created_at == datetime(2024, 11, 1, tzinfo=UTC)
 
 
 def test_the_record_never_holds_the_plain_key_or_its_secret() -> None:
-    plain_key, record = generate_api_key("grid-company-north", Role.READ)
+    plain_key, record = generate_api_key("grid-company-north", Role.READER, tenant=TENANT_A)
     secret = plain_key[len("ghk_") + 16 + 1 :]
     stored = " ".join(str(value) for value in astuple(record))
     assert plain_key not in stored
@@ -44,12 +46,12 @@ def test_the_record_never_holds_the_plain_key_or_its_secret() -> None:
 
 
 def test_keys_are_unique() -> None:
-    keys = [generate_api_key("datahub", "read") for _ in range(200)]
+    keys = [generate_api_key("datahub", "reader", tenant=TENANT_A) for _ in range(200)]
     assert len({key.plain_key for key in keys}) == len({key.record.key_id for key in keys}) == 200
 
 
 def test_verify_accepts_only_the_exact_key() -> None:
-    plain_key, record = generate_api_key("datahub", "read")
+    plain_key, record = generate_api_key("datahub", "reader", tenant=TENANT_A)
     assert verify_api_key(plain_key, record)
     tampered = plain_key[:-1] + ("A" if plain_key[-1] != "A" else "B")
     assert not verify_api_key(tampered, record)
@@ -58,7 +60,7 @@ def test_verify_accepts_only_the_exact_key() -> None:
 @pytest.mark.parametrize("client_name", ["", "has space", "x" * 65, "semi;colon"])
 def test_bad_client_names_are_refused(client_name: str) -> None:
     with pytest.raises(ValueError, match="client"):
-        generate_api_key(client_name, "read")
+        generate_api_key(client_name, "reader", tenant=TENANT_A)
 
 
 def test_unknown_role_is_refused() -> None:
@@ -69,23 +71,56 @@ def test_unknown_role_is_refused() -> None:
 @pytest.mark.parametrize(
     ("role", "required", "allowed"),
     [
-        (Role.READ, Role.READ, True),
-        (Role.READ, Role.WRITE, False),
-        (Role.READ, Role.ADMIN, False),
-        (Role.WRITE, Role.READ, True),
-        (Role.WRITE, Role.WRITE, True),
-        (Role.WRITE, Role.ADMIN, False),
-        (Role.ADMIN, Role.READ, True),
-        (Role.ADMIN, Role.WRITE, True),
-        (Role.ADMIN, Role.ADMIN, True),
+        (Role.READER, Role.READER, True),
+        (Role.READER, Role.OPERATOR, False),
+        (Role.READER, Role.SOURCE, False),
+        (Role.OPERATOR, Role.READER, True),
+        (Role.OPERATOR, Role.ADMIN, False),
+        (Role.ADMIN, Role.OPERATOR, True),
+        (Role.ADMIN, Role.SOURCE, False),
+        (Role.SOURCE, Role.SOURCE, True),
+        (Role.SOURCE, Role.READER, False),
+        (Role.PLATFORM, Role.ADMIN, True),
+        (Role.PLATFORM, Role.SOURCE, True),
+        (Role.ADMIN, Role.PLATFORM, False),
     ],
 )
 def test_role_hierarchy(role: Role, required: Role, allowed: bool) -> None:
     assert role.allows(required) is allowed
 
 
+@pytest.mark.parametrize(
+    ("role", "tenant", "error"),
+    [
+        (Role.READER, None, "belongs to a tenant"),
+        (Role.SOURCE, "5790000000013", "check character"),
+        (Role.PLATFORM, TENANT_A, "no tenant"),
+    ],
+)
+def test_a_key_has_a_tenant_unless_it_is_the_platform_s(role: Role, tenant: str | None, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        generate_api_key("datahub", role, tenant=tenant)
+
+
+def test_the_record_names_its_principal() -> None:
+    _, record = generate_api_key("hes-north", Role.SOURCE, tenant=TENANT_A)
+    principal = record.principal
+    assert (principal.name, principal.kind, principal.role, principal.tenant) == (
+        "hes-north",
+        PrincipalKind.API_KEY,
+        Role.SOURCE,
+        TENANT_A,
+    )
+    assert principal.sees(TENANT_A)
+    assert not principal.sees(TENANT_B)
+    assert not principal.sees(None)
+    platform = generate_api_key("hub-ops", Role.PLATFORM).record.principal
+    assert platform.sees(TENANT_B)
+    assert platform.sees(None)
+
+
 async def test_in_memory_store_add_get_revoke() -> None:
-    plain_key, record = generate_api_key("datahub", "write")
+    plain_key, record = generate_api_key("datahub", "source", tenant=TENANT_A)
     store = InMemoryKeyStore()
     await store.add(record)
     with pytest.raises(ValueError, match="exists"):
@@ -106,10 +141,10 @@ async def test_malformed_keys_do_not_authenticate(presented: str) -> None:
 
 class Keys:
     def __init__(self) -> None:
-        self.read = generate_api_key("warehouse", "read")
-        self.write = generate_api_key("datahub", "write")
-        self.admin = generate_api_key("ops", "admin")
-        self.revoked = generate_api_key("former-partner", "admin")
+        self.read = generate_api_key("warehouse", "reader", tenant=TENANT_A)
+        self.write = generate_api_key("datahub", "operator", tenant=TENANT_A)
+        self.admin = generate_api_key("ops", "admin", tenant=TENANT_A)
+        self.revoked = generate_api_key("former-partner", "admin", tenant=TENANT_A)
 
 
 @pytest.fixture
@@ -123,11 +158,13 @@ async def keys_and_app() -> tuple[Keys, FastAPI]:
     set_key_store(app, store)
 
     @app.get("/workorders")
-    async def list_work_orders(caller: Annotated[ApiKeyRecord, Depends(require_role("read"))]) -> dict[str, str]:
+    async def list_work_orders(caller: Annotated[ApiKeyRecord, Depends(require_role("reader"))]) -> dict[str, str]:
         return {"client": caller.client}
 
     @app.post("/workorders", status_code=201)
-    async def create_work_order(caller: Annotated[ApiKeyRecord, Depends(require_role(Role.WRITE))]) -> dict[str, str]:
+    async def create_work_order(
+        caller: Annotated[ApiKeyRecord, Depends(require_role(Role.OPERATOR))],
+    ) -> dict[str, str]:
         return {"client": caller.client}
 
     @app.delete("/apikeys/{key_id}", dependencies=[Depends(require_role("admin"))], status_code=204)
@@ -208,7 +245,7 @@ async def test_read_key_on_a_write_route_is_403(keys_and_app: tuple[Keys, FastAP
         "type": "about:blank",
         "title": "Forbidden",
         "status": 403,
-        "detail": "role 'read' may not do this; 'write' is required",
+        "detail": "role 'reader' may not do this; 'operator' is required",
     }
 
 
@@ -242,7 +279,7 @@ async def test_openapi_documents_both_ways_to_send_a_key(keys_and_app: tuple[Key
 async def test_missing_key_store_is_a_wiring_error() -> None:
     app = FastAPI()
 
-    @app.get("/workorders", dependencies=[Depends(require_role("read"))])
+    @app.get("/workorders", dependencies=[Depends(require_role("reader"))])
     async def work_orders() -> None:
         return None
 

@@ -13,6 +13,7 @@ from libs.flowcontrol.testing import FakeClock
 from libs.platform.apikeys import ApiKeyRecord, InMemoryKeyStore, Role, generate_api_key, require_role, set_key_store
 from libs.platform.apikeys_asgi import ApiKeyMiddleware, CachedKeyStore
 from libs.platform.problems import install_problem_handlers
+from tests.tenants import TENANT_A
 
 
 def build_app(store: InMemoryKeyStore, quota: Quota) -> FastAPI:
@@ -21,7 +22,7 @@ def build_app(store: InMemoryKeyStore, quota: Quota) -> FastAPI:
     set_key_store(app, store)
 
     @app.post("/v1/readings", status_code=202)
-    async def post_readings(key: Annotated[ApiKeyRecord, Depends(require_role(Role.WRITE))]) -> dict[str, str]:
+    async def post_readings(key: Annotated[ApiKeyRecord, Depends(require_role(Role.SOURCE))]) -> dict[str, str]:
         return {"client": key.client}
 
     # Added last = outermost: authentication first, then the quota keyed by the authenticated client.
@@ -32,7 +33,10 @@ def build_app(store: InMemoryKeyStore, quota: Quota) -> FastAPI:
 
 async def test_each_client_system_has_its_own_quota_whatever_its_address() -> None:
     store = InMemoryKeyStore()
-    north, south = generate_api_key("headend-north", Role.WRITE), generate_api_key("headend-south", Role.WRITE)
+    north, south = (
+        generate_api_key("headend-north", Role.SOURCE, tenant=TENANT_A),
+        generate_api_key("headend-south", Role.SOURCE, tenant=TENANT_A),
+    )
     await store.add(north.record)
     await store.add(south.record)
     app = build_app(store, Quota(rate=1.0, burst=2, clock=FakeClock()))
@@ -49,7 +53,7 @@ async def test_each_client_system_has_its_own_quota_whatever_its_address() -> No
 
 async def test_a_bad_key_still_gets_401_from_the_route() -> None:
     store = InMemoryKeyStore()
-    reader = generate_api_key("dwh", Role.READ)
+    reader = generate_api_key("dwh", Role.READER, tenant=TENANT_A)
     await store.add(reader.record)
     app = build_app(store, Quota(rate=100.0, burst=100, clock=FakeClock()))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c") as client:
@@ -63,7 +67,7 @@ async def test_a_bad_key_still_gets_401_from_the_route() -> None:
 async def test_cache_serves_hot_keys_and_forgets_within_its_ttl() -> None:
     now = [0.0]
     backing = InMemoryKeyStore()
-    new = generate_api_key("crm", Role.WRITE)
+    new = generate_api_key("crm", Role.SOURCE, tenant=TENANT_A)
     await backing.add(new.record)
     calls: list[str] = []
     original_get = backing.get

@@ -11,6 +11,7 @@ from libs.platform.apikeys import InMemoryKeyStore, KeyStoreSlot, Role, generate
 from libs.platform.contracts import ContractDocument, contracts_main, render_json
 from libs.platform.serve import load_settings, serve
 from libs.platform.settings import ServiceSettings
+from tests.tenants import TENANT_A
 
 
 class _Settings(ServiceSettings):
@@ -20,7 +21,7 @@ class _Settings(ServiceSettings):
 
 async def test_the_key_store_slot_finds_nothing_until_filled_and_refuses_changes() -> None:
     slot = KeyStoreSlot()
-    new = generate_api_key("hes-north", Role.WRITE)
+    new = generate_api_key("hes-north", Role.SOURCE, tenant=TENANT_A)
     assert await slot.get(new.record.key_id) is None
     with pytest.raises(RuntimeError, match="not started"):
         await slot.add(new.record)
