@@ -12,6 +12,7 @@ from libs.events import topics
 from libs.events.base import EventData, EventPart
 from libs.events.fields import OpaqueId, ShortText
 from libs.events.gsrn import Gsrn
+from libs.events.parties import MarketParticipantId
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 PHONE_PATTERN = r"^\+[1-9][0-9]{6,14}$"
@@ -69,6 +70,12 @@ class _CustomerState(EventData):
     version: int = Field(
         ge=1,
         description="Version of the customer record after this change; consumers skip versions they have passed.",
+    )
+    # Optional (added after v1 shipped): customers registered before tenancy belong to no grid company, and a
+    # consumer built before this field still parses events that leave it out.
+    grid_company: MarketParticipantId | None = Field(
+        default=None,
+        description="The grid company the customer belongs to (the tenant); none for customers from before tenancy.",
     )
 
 

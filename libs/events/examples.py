@@ -97,6 +97,7 @@ def example_events() -> list[CloudEvent[Any]]:
                 name="Mette Hansen",
                 contact=Contact(email="mette.hansen@example.dk", phone="+4520123456", address=address),
                 version=1,
+                grid_company=GRID_COMPANY,
             ),
             source=CUSTOMERS,
             id=_id(1),
