@@ -22,14 +22,23 @@ from libs.platform.apikeys import ApiKeyRecord, KeyStore, authenticate
 logger = logging.getLogger(__name__)
 
 
+KEY_CACHE_SECONDS = 5.0
+"""How long a service may answer from a cached key record: a revocation, or the end a rotation gives the old key,
+reaches every service within this time. Expiry needs no wait: it is checked against the clock on each request."""
+
+
 class CachedKeyStore:
-    """A bounded, short-lived cache in front of a KeyStore; a revocation takes effect within ``ttl`` seconds."""
+    """A bounded, short-lived cache in front of a KeyStore; a revocation takes effect within ``ttl`` seconds.
+
+    The cache holds records, not verdicts: `authenticate` checks the cached record's expiry on every request, so
+    an expired key is refused at its expiry, and a new end written by a rotation is seen within ``ttl``.
+    """
 
     def __init__(
         self,
         store: KeyStore,
         *,
-        ttl: float = 30.0,
+        ttl: float = KEY_CACHE_SECONDS,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

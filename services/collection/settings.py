@@ -261,7 +261,7 @@ class CollectionSettings(ServiceSettings):
     # Record rejected REST items in meter.readings.v1.dlq / meter.events.v1.dlq too (MQTT rejects always are).
     dead_letter_rest_rejections: bool = True
     # API keys are looked up in PostgreSQL once per this many seconds (revocation takes at most this long).
-    api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
     kafka_client_id: str = "collection"
     # Publish to "<prefix>meter.readings.v1" (and events, and their .dlq) instead: benchmarks and tests on a shared

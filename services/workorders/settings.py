@@ -151,7 +151,7 @@ class WorkordersSettings(ServiceSettings):
     max_alarm_orders_per_meterpoint: PositiveInt = 3
     alarm_order_window_hours: PositiveFloat = 24.0
     idempotency_retention_hours: PositiveFloat = 24.0
-    api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
     boundaries: Boundaries = Boundaries()
 

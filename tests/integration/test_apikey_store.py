@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.platform.apikeys import InMemoryKeyStore, KeyStore, Role, authenticate, generate_api_key
+from libs.platform.apikeys import (
+    InMemoryKeyStore,
+    KeyState,
+    KeyStore,
+    Role,
+    authenticate,
+    generate_api_key,
+    rotate_api_key,
+)
 from libs.platform.apikeys_store import APIKEY_COMPONENT, APIKEY_MIGRATIONS, PostgresKeyStore
 from libs.platform.db import create_pool
 from libs.platform.migrations import migrate
-from tests.tenants import TENANT_A
+from tests.tenants import TENANT_A, TENANT_B
 
 pytestmark = pytest.mark.postgres
 
@@ -66,3 +74,55 @@ async def test_duplicate_key_id_is_refused(store: KeyStore) -> None:
     await store.add(new.record)
     with pytest.raises(ValueError, match="already exists"):
         await store.add(new.record)
+
+
+async def test_an_expired_key_no_longer_authenticates(store: KeyStore) -> None:
+    now = datetime.now(UTC)
+    new = generate_api_key("hes-expiring", Role.SOURCE, tenant=TENANT_A, now=now, expires_at=now + timedelta(hours=1))
+    await store.add(new.record)
+    assert await authenticate(store, new.plain_key, now=now + timedelta(minutes=59)) is not None
+    assert await authenticate(store, new.plain_key, now=now + timedelta(hours=1)) is None
+    kept = await store.get(new.record.key_id)
+    assert kept is not None
+    assert kept.expires_at == now + timedelta(hours=1)
+    assert kept.state(now + timedelta(hours=2)) is KeyState.EXPIRED
+
+
+async def test_a_rotation_keeps_both_keys_until_the_overlap_ends(store: KeyStore) -> None:
+    assert isinstance(store, InMemoryKeyStore | PostgresKeyStore)
+    now = datetime.now(UTC)
+    old = generate_api_key("hes-rotating", Role.SOURCE, tenant=TENANT_A, now=now - timedelta(days=30))
+    await store.add(old.record)
+    rotation = rotate_api_key(old.record, overlap=timedelta(days=7), now=now)
+    await store.add(rotation.new.record)
+    assert await store.set_expiry(old.record.key_id, rotation.old_expires_at) is True
+    assert await store.set_expiry("0000000000000000", rotation.old_expires_at) is False
+    # A later, longer end never lengthens the old key's life.
+    await store.set_expiry(old.record.key_id, now + timedelta(days=30))
+    for moment, old_works in [(now + timedelta(days=6), True), (now + timedelta(days=7), False)]:
+        assert (await authenticate(store, old.plain_key, now=moment) is not None) is old_works
+        assert await authenticate(store, rotation.new.plain_key, now=moment) is not None
+    successor = await store.get(rotation.new.record.key_id)
+    assert successor is not None
+    assert (successor.client, successor.tenant, successor.role) == ("hes-rotating", TENANT_A, Role.SOURCE)
+    assert successor.rotated_from == old.record.key_id
+
+
+async def test_the_postgres_store_lists_keys_by_tenant(pg_dsn: str, pg_schema: str) -> None:
+    pool = await create_pool(pg_dsn, schema=pg_schema)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, APIKEY_COMPONENT, APIKEY_MIGRATIONS)
+        store = PostgresKeyStore(pool)
+        mine = generate_api_key("hes-a", Role.SOURCE, tenant=TENANT_A)
+        theirs = generate_api_key("hes-b", Role.READER, tenant=TENANT_B)
+        await store.add(mine.record)
+        await store.add(theirs.record)
+        assert [r.key_id for r in await store.list(tenant=TENANT_A)] == [mine.record.key_id]
+        assert {r.key_id for r in await store.list()} >= {mine.record.key_id, theirs.record.key_id}
+        await store.revoke(theirs.record.key_id)
+        tenants = await store.tenants()
+        assert tenants.get(TENANT_A) == 1
+        assert TENANT_B not in tenants, "a tenant whose keys are all revoked has no working key"
+    finally:
+        await pool.close()

@@ -210,7 +210,7 @@ async def test_wrong_key_is_401(keys_and_app: tuple[Keys, FastAPI], presented: s
         response = await http.get("/workorders", headers={"Authorization": f"Bearer {presented}"})
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="gridhub", error="invalid_token"'
-    assert response.json()["detail"] == "the API key is invalid or revoked"
+    assert response.json()["detail"] == "the API key is invalid, expired or revoked"
 
 
 async def test_known_id_with_wrong_secret_is_401(keys_and_app: tuple[Keys, FastAPI]) -> None:
