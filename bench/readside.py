@@ -94,8 +94,9 @@ class Names:
     tag: str
 
     @property
-    def topics(self) -> tuple[str, str, str, str]:
-        return tuple(f"bench-rs-{kind}.{self.tag}" for kind in ("readings", "meterevents", "customers", "workorders"))  # type: ignore[return-value]
+    def topics(self) -> tuple[str, str, str, str, str]:
+        kinds = ("readings", "meterevents", "customers", "workorders", "meterpoints")
+        return tuple(f"bench-rs-{kind}.{self.tag}" for kind in kinds)  # type: ignore[return-value]
 
     @property
     def schema(self) -> str:
@@ -289,6 +290,7 @@ def _settings(dsn: str, bootstrap: str, names: Names, schema: str, params: Param
         meter_events_topic=names.topics[1],
         customers_topic=names.topics[2],
         workorders_topic=names.topics[3],
+        meterpoints_topic=names.topics[4],
         group_id=f"bench-readside-{names.tag}-{round_}",
         max_records=params.max_records,
         poll_timeout_ms=20,

@@ -156,14 +156,17 @@ class BatchApplier:
         return outcome
 
 
-def roles_of(readings: str, meter_events: str, customers: str, workorders: str) -> dict[str, TopicRole]:
+def roles_of(
+    readings: str, meter_events: str, customers: str, workorders: str, meterpoints: str
+) -> dict[str, TopicRole]:
     """Map the configured topic names to what they carry."""
     roles = {
         readings: TopicRole.READINGS,
         meter_events: TopicRole.METER_EVENTS,
         customers: TopicRole.CUSTOMERS,
         workorders: TopicRole.WORKORDERS,
+        meterpoints: TopicRole.METERPOINTS,
     }
-    if len(roles) != 4:
-        raise ValueError("the four event topics must have four different names")
+    if len(roles) != len(TopicRole):
+        raise ValueError("the five event topics must have five different names")
     return roles

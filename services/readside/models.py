@@ -93,6 +93,10 @@ class MeterpointOverview(_Body):
     """Everything known about one meterpoint."""
 
     meterpoint_id: str
+    grid_company: str | None = Field(
+        description="The grid company that owns the meterpoint (its master data); None until that has arrived."
+    )
+    grid_area: str | None = Field(description="The grid area of the meterpoint (its master data).")
     last_seen: datetime | None = Field(description="Time of the newest reading or alarm event from the meter.")
     customer: CurrentCustomer | None
     latest_readings: list[LatestReading]
@@ -146,6 +150,7 @@ class CustomerOverview(_Body):
     kind: str
     name: str
     version: int
+    grid_company: str | None = Field(description="The grid company the customer belongs to (None: before tenancy).")
     period_from: date = Field(description="First local day of the consumption period.")
     period_to: date = Field(description="Last local day of the consumption period (today).")
     consumption: Decimal = Field(description="Active import in kWh over the period, all meterpoints held.")

@@ -9,8 +9,9 @@ The rules that make the views exact whatever Kafka redelivers:
   stored row and hands the difference to the aggregates.
 - Everything else is merged so that the result does not depend on how the four topics interleave (a rebuild
   reads them in another interleaving than the live consumer did): latest reading = greatest interval end, last
-  seen = greatest event time, customers by version, meterpoint links by their dates, alarms by id. Work orders are
-  folded per work order in Kafka order (one partition per work order) with a status that never moves back.
+  seen = greatest event time, customers by version, meterpoint master data by version (the newest wins: it names
+  the grid company, the tenant, that owns the meterpoint), meterpoint links by their dates, alarms by id. Work
+  orders are folded per work order in Kafka order (one partition per work order) with a status that never moves back.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from libs.events import (
     events_on,
     topics,
 )
+from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated
 
 
 class TopicRole(StrEnum):
@@ -49,6 +51,7 @@ class TopicRole(StrEnum):
     METER_EVENTS = topics.METER_EVENTS
     CUSTOMERS = topics.CUSTOMERS
     WORKORDERS = topics.WORKORDERS
+    METERPOINTS = topics.METERPOINTS
 
     @property
     def event_classes(self) -> tuple[type[EventData], ...]:
@@ -138,6 +141,17 @@ class CustomerRow(NamedTuple):
     country: str
     version: int
     changed_at: datetime
+    grid_company: str | None
+    """The tenant the customer belongs to (None: a customer from before tenancy, visible to the platform only)."""
+
+
+class MeterpointMasterRow(NamedTuple):
+    """The newest version of a meterpoint's master data in a batch: who owns it (the tenant) and where it is."""
+
+    meterpoint_id: str
+    grid_company: str
+    grid_area: str
+    master_version: int
 
 
 class LinkRow(NamedTuple):
@@ -198,6 +212,7 @@ class ViewChanges:
     meterpoints: list[MeterpointRow]
     alarms: list[AlarmRow]
     customers: list[CustomerRow]
+    masters: list[MeterpointMasterRow]
     links: list[LinkRow]
     unlinks: list[UnlinkRow]
     work_orders: list[tuple[WorkOrderEvent, datetime]]
@@ -216,6 +231,7 @@ def project(events: Iterable[CloudEvent[Any]]) -> ViewChanges:
     last_seen: dict[str, datetime | None] = {}
     alarms: dict[str, AlarmRow] = {}
     customers: dict[str, CustomerRow] = {}
+    masters: dict[str, MeterpointMasterRow] = {}
     links: dict[LinkRow, None] = {}
     unlinks: dict[UnlinkRow, None] = {}
     work_orders: list[tuple[WorkOrderEvent, datetime]] = []
@@ -263,6 +279,13 @@ def project(events: Iterable[CloudEvent[Any]]) -> ViewChanges:
                     address.country,
                     data.version,
                     event.time,
+                    data.grid_company,
+                )
+        elif isinstance(data, MeterpointRegistered | MeterpointUpdated):
+            master = masters.get(data.meterpoint_id)
+            if master is None or data.version >= master.master_version:
+                masters[data.meterpoint_id] = MeterpointMasterRow(
+                    data.meterpoint_id, data.grid_company, data.grid_area, data.version
                 )
         elif isinstance(data, MeterpointLinked):
             links[LinkRow(data.customer_id, data.meterpoint_id, data.move_in)] = None
@@ -283,6 +306,7 @@ def project(events: Iterable[CloudEvent[Any]]) -> ViewChanges:
         meterpoints=sorted(MeterpointRow(key, seen) for key, seen in last_seen.items()),
         alarms=sorted(alarms.values()),
         customers=sorted(customers.values()),
+        masters=sorted(masters.values()),
         links=sorted(links),
         unlinks=sorted(unlinks),
         work_orders=work_orders,

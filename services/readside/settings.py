@@ -109,6 +109,10 @@ class ReadsideSettings(ServiceSettings):
     meter_events_topic: str = topics.METER_EVENTS
     customers_topic: str = topics.CUSTOMERS
     workorders_topic: str = topics.WORKORDERS
+    meterpoints_topic: str = Field(
+        default=topics.METERPOINTS,
+        description="Meterpoint master data (compacted): which grid company (tenant) owns each meterpoint.",
+    )
 
     consumer_enabled: bool = True
     group_id: str = "readside"
@@ -169,9 +173,15 @@ class ReadsideSettings(ServiceSettings):
         return cls.model_construct()
 
     @property
-    def event_topics(self) -> tuple[str, str, str, str]:
-        """The topics the views are built from: readings, meter events, customers, work orders."""
-        return (self.readings_topic, self.meter_events_topic, self.customers_topic, self.workorders_topic)
+    def event_topics(self) -> tuple[str, str, str, str, str]:
+        """The topics the views are built from: readings, meter events, customers, work orders, meterpoints."""
+        return (
+            self.readings_topic,
+            self.meter_events_topic,
+            self.customers_topic,
+            self.workorders_topic,
+            self.meterpoints_topic,
+        )
 
     def views_schema(self, version: int) -> str:
         """The schema holding view version ``version``."""

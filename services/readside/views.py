@@ -2,6 +2,10 @@
 
 A request reads the version pointer, sets its transaction's search_path to that version and runs its SELECTs in
 one REPEATABLE READ, read-only transaction, so the data and the applied offsets it reports belong together.
+
+Every query is scoped to the caller's tenant (`libs.platform.tenancy`) in its own SQL: a meterpoint, customer or
+work order of another grid company, or one whose owner is not known yet, is not found, by the same statement
+and in the same time as an id that does not exist (the platform role sees everything, owned or not).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from libs.platform.db import Connection
+from libs.platform.tenancy import Principal
 from services.readside.adapters.schema import read_offsets, search_path
 from services.readside.metrics import LagTracker
 from services.readside.models import (
@@ -37,12 +42,19 @@ from services.readside.projections import AGGREGATE_UNITS, OPEN_STATUSES
 
 T = TypeVar("T")
 
-METERPOINT = """
-SELECT greatest((SELECT last_seen FROM meterpoints WHERE meterpoint_id = $1),
-                (SELECT max(last_seen) FROM latest_readings WHERE meterpoint_id = $1)) AS last_seen,
-       EXISTS (SELECT FROM meterpoints WHERE meterpoint_id = $1)
-       OR EXISTS (SELECT FROM latest_readings WHERE meterpoint_id = $1) AS known
+# $2: the caller's tenant, NULL for the platform. A tenant sees a meterpoint only once its master data names the
+# tenant as owner; the platform sees every meterpoint any event named.
+_VISIBLE = """
+CASE WHEN $2::text IS NULL
+     THEN m.meterpoint_id IS NOT NULL OR EXISTS (SELECT FROM latest_readings WHERE meterpoint_id = $1)
+     ELSE coalesce(m.grid_company = $2::text, false) END
 """
+METERPOINT = f"""
+SELECT greatest(m.last_seen, (SELECT max(last_seen) FROM latest_readings WHERE meterpoint_id = $1)) AS last_seen,
+       m.grid_company, m.grid_area, {_VISIBLE} AS visible
+FROM (VALUES (1)) AS one (x) LEFT JOIN meterpoints m ON m.meterpoint_id = $1
+"""  # noqa: S608 - constant text
+VISIBLE_METERPOINT = f"SELECT {_VISIBLE} FROM (VALUES (1)) AS one (x) LEFT JOIN meterpoints m ON m.meterpoint_id = $1"  # noqa: S608
 LATEST_READINGS = """
 SELECT register, interval_end, value, unit, quality, source FROM latest_readings
 WHERE meterpoint_id = $1 ORDER BY register
@@ -87,7 +99,10 @@ DAILY = """
 SELECT day AS start, energy, readings FROM consumption_daily
 WHERE meterpoint_id = $1 AND register = $2 AND day >= $3 AND day < $4 ORDER BY day
 """
-CUSTOMER = "SELECT customer_id, kind, name, version FROM customers WHERE customer_id = $1"
+CUSTOMER = """
+SELECT customer_id, kind, name, version, grid_company FROM customers
+WHERE customer_id = $1 AND ($2::text IS NULL OR grid_company = $2)
+"""
 CUSTOMER_METERPOINTS = """
 SELECT l.meterpoint_id, l.move_in, l.move_out,
        (l.move_in <= $3 AND (l.move_out IS NULL OR l.move_out >= $3)) AS current,
@@ -96,12 +111,35 @@ SELECT l.meterpoint_id, l.move_in, l.move_out,
           AND d.day BETWEEN greatest(l.move_in, $2) AND least(coalesce(l.move_out, $3), $3)) AS consumption
 FROM meterpoint_links l WHERE l.customer_id = $1 ORDER BY l.move_in, l.meterpoint_id
 """
-WORK_ORDERS = """
+_WORK_ORDER_PAGE = """
 SELECT work_order_id, meterpoint_id, type, status, crew, window_start, window_end, description, started_at,
        completed_at, result, new_meter_serial, cancel_reason, created_at, updated_at
-FROM work_orders WHERE ($1::text IS NULL OR status = $1) AND work_order_id > $2
+FROM work_orders WHERE {tenant} AND {status} AND work_order_id > $2
 ORDER BY work_order_id LIMIT $3
 """
+
+
+def _work_order_page(*, tenant: bool, status: bool) -> str:
+    # One statement per combination rather than "$n IS NULL OR ...": a prepared statement's generic plan cannot
+    # use an index for such a condition, and a tenant's page must stay an index range (grid_company, id).
+    return _WORK_ORDER_PAGE.format(
+        tenant="grid_company = $4::text" if tenant else "$4::text IS NULL",
+        status="status = $1::text" if status else "$1::text IS NULL",
+    )
+
+
+_BOTH = (False, True)
+WORK_ORDERS = {(tenant, status): _work_order_page(tenant=tenant, status=status) for tenant in _BOTH for status in _BOTH}
+"""The page of work orders, by (scoped to a tenant, filtered by status)."""
+
+
+def tenant_of(principal: Principal) -> str | None:
+    """The grid company a caller's queries are limited to; None for the platform role (every tenant)."""
+    if principal.is_platform:
+        return None
+    # A principal of any other role has a tenant (Principal refuses one without), so None never widens a scope.
+    assert principal.tenant is not None
+    return principal.tenant
 
 
 def utc_now() -> datetime:
@@ -121,6 +159,7 @@ class ViewQueries:
         meter_events_topic: str,
         customers_topic: str,
         workorders_topic: str,
+        meterpoints_topic: str,
         live_lag: LagTracker | None = None,
         active_alarm_days: int = 30,
         customer_consumption_days: int = 30,
@@ -128,10 +167,11 @@ class ViewQueries:
     ) -> None:
         self._pool = pool
         self._control = control_schema
-        self._readings = readings_topic
-        self._all_topics = (readings_topic, meter_events_topic, customers_topic, workorders_topic)
+        self._all_topics = (readings_topic, meter_events_topic, customers_topic, workorders_topic, meterpoints_topic)
         self._customer_topics = (readings_topic, customers_topic)
-        self._workorders = workorders_topic
+        # Ownership comes from the meterpoints topic: a 404 or a short list may mean it has not caught up yet.
+        self._consumption_topics = (readings_topic, meterpoints_topic)
+        self._workorder_topics = (workorders_topic, meterpoints_topic)
         self._live_lag = live_lag
         self._active_alarm_days = active_alarm_days
         self._customer_days = customer_consumption_days
@@ -197,11 +237,13 @@ class ViewQueries:
         )
 
     async def freshness(self, answer: str) -> Freshness:
-        """The freshness of the topics an answer ("meterpoint", "customer") is built from.
+        """The freshness of the topics an answer ("meterpoint", "consumption", "customer") is built from.
 
         Also for a 404, whose cause may be a view that has not caught up yet.
         """
-        topics = self._all_topics if answer == "meterpoint" else self._customer_topics
+        topics = {"meterpoint": self._all_topics, "consumption": self._consumption_topics}.get(
+            answer, self._customer_topics
+        )
 
         async def query(conn: Connection, version: int, timezone: ZoneInfo) -> Freshness:
             return await self._freshness(conn, version, topics)
@@ -211,17 +253,19 @@ class ViewQueries:
     def _today(self, timezone: ZoneInfo) -> date:
         return self._clock().astimezone(timezone).date()
 
-    async def meterpoint(self, meterpoint_id: str) -> MeterpointOverview | None:
-        """The overview of one meterpoint, or None when no event ever named it."""
+    async def meterpoint(self, meterpoint_id: str, caller: Principal) -> MeterpointOverview | None:
+        """The overview of one meterpoint, or None when no event named it or it is not the caller's."""
 
         async def query(conn: Connection, version: int, timezone: ZoneInfo) -> MeterpointOverview | None:
-            row = await conn.fetchrow(METERPOINT, meterpoint_id)
-            if row is None or not row["known"]:
+            row = await conn.fetchrow(METERPOINT, meterpoint_id, tenant_of(caller))
+            if row is None or not row["visible"]:
                 return None
             now = self._clock()
             customer = await conn.fetchrow(CURRENT_CUSTOMER, meterpoint_id, self._today(timezone))
             return MeterpointOverview(
                 meterpoint_id=meterpoint_id,
+                grid_company=row["grid_company"],
+                grid_area=row["grid_area"],
                 last_seen=row["last_seen"],
                 customer=CurrentCustomer(**dict(customer)) if customer is not None else None,
                 latest_readings=[LatestReading(**dict(r)) for r in await conn.fetch(LATEST_READINGS, meterpoint_id)],
@@ -247,11 +291,15 @@ class ViewQueries:
         resolution: Resolution,
         start: datetime | date,
         end: datetime | date,
-    ) -> Consumption:
-        """Consumption buckets in ``[start, end)`` (instants for hours, local dates for days)."""
+        caller: Principal,
+    ) -> Consumption | None:
+        """Consumption buckets in ``[start, end)`` (instants for hours, local dates for days); None when the
+        meterpoint is unknown or not the caller's (the same one statement either way)."""
         statement = HOURLY if resolution is Resolution.HOUR else DAILY
 
-        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> Consumption:
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> Consumption | None:
+            if not await conn.fetchval(VISIBLE_METERPOINT, meterpoint_id, tenant_of(caller)):
+                return None
             rows = await conn.fetch(statement, meterpoint_id, register, start, end)
             points = [ConsumptionPoint(start=r["start"], energy=r["energy"], readings=r["readings"]) for r in rows]
             return Consumption(
@@ -263,16 +311,16 @@ class ViewQueries:
                 to=end,
                 total=sum((p.energy for p in points), Decimal(0)),
                 points=points,
-                freshness=await self._freshness(conn, version, (self._readings,)),
+                freshness=await self._freshness(conn, version, self._consumption_topics),
             )
 
         return await self._read(query)
 
-    async def customer(self, customer_id: str) -> CustomerOverview | None:
-        """A customer's overview, or None when the customer is unknown."""
+    async def customer(self, customer_id: str, caller: Principal) -> CustomerOverview | None:
+        """A customer's overview, or None when the customer is unknown or not the caller's."""
 
         async def query(conn: Connection, version: int, timezone: ZoneInfo) -> CustomerOverview | None:
-            row = await conn.fetchrow(CUSTOMER, customer_id)
+            row = await conn.fetchrow(CUSTOMER, customer_id, tenant_of(caller))
             if row is None:
                 return None
             today = self._today(timezone)
@@ -291,16 +339,18 @@ class ViewQueries:
 
         return await self._read(query)
 
-    async def work_orders(self, status: str | None, after: str, limit: int) -> WorkOrderPage:
-        """Work orders (of one status, or all) with ids after ``after``, at most ``limit`` of them."""
+    async def work_orders(self, status: str | None, after: str, limit: int, caller: Principal) -> WorkOrderPage:
+        """The caller's work orders (of one status, or all) with ids after ``after``, at most ``limit`` of them."""
+        tenant = tenant_of(caller)
+        statement = WORK_ORDERS[(tenant is not None, status is not None)]
 
         async def query(conn: Connection, version: int, timezone: ZoneInfo) -> WorkOrderPage:
-            rows = await conn.fetch(WORK_ORDERS, status, after, limit + 1)
+            rows = await conn.fetch(statement, status, after, limit + 1, tenant)
             items = [WorkOrder(**dict(r)) for r in rows[:limit]]
             return WorkOrderPage(
                 items=items,
                 next_cursor=items[-1].work_order_id if len(rows) > limit else None,
-                freshness=await self._freshness(conn, version, (self._workorders,)),
+                freshness=await self._freshness(conn, version, self._workorder_topics),
             )
 
         return await self._read(query)

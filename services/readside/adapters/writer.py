@@ -142,14 +142,30 @@ ON CONFLICT (alarm_id) DO NOTHING
 
 _APPLY_CUSTOMERS = """
 INSERT INTO customers AS c
-    (customer_id, kind, name, email, phone, street, postcode, city, country, version, changed_at)
+    (customer_id, kind, name, email, phone, street, postcode, city, country, version, changed_at, grid_company)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::integer[], $11::timestamptz[])
+                     $8::text[], $9::text[], $10::integer[], $11::timestamptz[], $12::text[])
 ON CONFLICT (customer_id) DO UPDATE
 SET kind = excluded.kind, name = excluded.name, email = excluded.email, phone = excluded.phone,
     street = excluded.street, postcode = excluded.postcode, city = excluded.city, country = excluded.country,
-    version = excluded.version, changed_at = excluded.changed_at
+    version = excluded.version, changed_at = excluded.changed_at, grid_company = excluded.grid_company
 WHERE excluded.version > c.version
+"""
+
+# Master data: the newest version of a meterpoint wins, whatever order a rebuild reads the topics in. The owner is
+# copied onto the meterpoint's work orders in the same statement (and a work order applied later takes it from
+# here), so a tenant's list of orders is an index range of work_orders.
+_APPLY_MASTERS = """
+WITH owners AS (
+    INSERT INTO meterpoints AS m (meterpoint_id, grid_company, grid_area, master_version)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[])
+    ON CONFLICT (meterpoint_id) DO UPDATE
+    SET grid_company = excluded.grid_company, grid_area = excluded.grid_area, master_version = excluded.master_version
+    WHERE m.master_version IS NULL OR excluded.master_version > m.master_version
+    RETURNING m.meterpoint_id, m.grid_company
+)
+UPDATE work_orders w SET grid_company = o.grid_company FROM owners o
+WHERE w.meterpoint_id = o.meterpoint_id AND w.grid_company IS DISTINCT FROM o.grid_company
 """
 
 _APPLY_LINKS = """
@@ -178,16 +194,19 @@ FROM work_orders WHERE work_order_id = ANY($1::text[])
 _APPLY_WORK_ORDERS = """
 INSERT INTO work_orders AS w
     (work_order_id, meterpoint_id, type, status, crew, window_start, window_end, description, started_at,
-     completed_at, result, new_meter_serial, cancel_reason, created_at, updated_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                     $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[],
-                     $12::text[], $13::text[], $14::timestamptz[], $15::timestamptz[])
+     completed_at, result, new_meter_serial, cancel_reason, created_at, updated_at, grid_company)
+SELECT u.*, (SELECT m.grid_company FROM meterpoints m WHERE m.meterpoint_id = u.meterpoint_id)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+            $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[],
+            $12::text[], $13::text[], $14::timestamptz[], $15::timestamptz[])
+     AS u(work_order_id, meterpoint_id, type, status, crew, window_start, window_end, description, started_at,
+          completed_at, result, new_meter_serial, cancel_reason, created_at, updated_at)
 ON CONFLICT (work_order_id) DO UPDATE
 SET meterpoint_id = excluded.meterpoint_id, type = excluded.type, status = excluded.status, crew = excluded.crew,
     window_start = excluded.window_start, window_end = excluded.window_end, description = excluded.description,
     started_at = excluded.started_at, completed_at = excluded.completed_at, result = excluded.result,
     new_meter_serial = excluded.new_meter_serial, cancel_reason = excluded.cancel_reason,
-    created_at = excluded.created_at, updated_at = excluded.updated_at
+    created_at = excluded.created_at, updated_at = excluded.updated_at, grid_company = excluded.grid_company
 """
 
 
@@ -363,7 +382,10 @@ class ViewWriter:
         if changes.alarms:
             await conn.execute(_APPLY_ALARMS, *_columns(changes.alarms, 6))
         if changes.customers:
-            await conn.execute(_APPLY_CUSTOMERS, *_columns(changes.customers, 11))
+            await conn.execute(_APPLY_CUSTOMERS, *_columns(changes.customers, 12))
+        if changes.masters:
+            # Before the work orders: an order applied in this batch takes its meterpoint's owner from here.
+            await conn.execute(_APPLY_MASTERS, *_columns(changes.masters, 4))
         if changes.links:
             await conn.execute(_APPLY_LINKS, *_columns(changes.links, 3))
         if changes.unlinks:

@@ -4,6 +4,9 @@ ETags are weak and cover the data only, not the freshness block: a client revali
 gets 304 while the data it holds is unchanged, and the ``Readside-*`` headers (on 200 and 304 alike) still tell
 it how far behind the log the views are.
 
+Every answer is scoped to the caller's tenant (the API key's grid company; the platform role sees all): a
+meterpoint, customer or work order of another grid company answers exactly what an unknown id answers.
+
 ``python -m services.readside.contracts`` writes its OpenAPI document to contracts/openapi/readside.json.
 """
 
@@ -23,8 +26,9 @@ from pydantic import AwareDatetime, BaseModel, StringConstraints
 from starlette.responses import Response
 
 from libs.events import Gsrn, Register, WorkOrderStatus
-from libs.platform.apikeys import Role, require_role
+from libs.platform.apikeys import ApiKeyRecord, Role, require_role
 from libs.platform.problems import PROBLEM_JSON, Problem, ProblemError, install_problem_handlers
+from libs.platform.tenancy import Principal, PrincipalKind
 from services.readside.models import (
     Consumption,
     CustomerOverview,
@@ -86,8 +90,23 @@ def get_settings(request: Request) -> ReadsideSettings:
     return settings
 
 
+_reader = require_role(Role.READER)
+# Who answers when the settings turn API keys off (dev and tests only; production refuses it): nobody is scoped.
+_UNAUTHENTICATED = Principal("unauthenticated", PrincipalKind.API_KEY, Role.PLATFORM, None)
+
+
+async def get_caller(record: Annotated[ApiKeyRecord, Depends(_reader)]) -> Principal:
+    """The caller whose tenant scopes the answer (the API key's principal)."""
+    return record.principal
+
+
+async def _unauthenticated_caller() -> Principal:
+    return _UNAUTHENTICATED
+
+
 QueriesDep = Annotated[ViewQueries, Depends(get_queries)]
 SettingsDep = Annotated[ReadsideSettings, Depends(get_settings)]
+CallerDep = Annotated[Principal, Depends(get_caller)]
 
 
 def etag_of(body: BaseModel) -> str:
@@ -115,7 +134,8 @@ def freshness_headers(freshness: Freshness) -> dict[str, str]:
 def respond(request: Request, body: MeterpointOverview | Consumption | CustomerOverview | WorkOrderPage) -> Response:
     """200 with the body, or 304 when If-None-Match names its ETag; freshness headers either way."""
     etag = etag_of(body)
-    headers = {"ETag": etag, "Cache-Control": "no-cache", **freshness_headers(body.freshness)}
+    # private: what a caller sees depends on its tenant, so no shared cache may hand it to another caller.
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", **freshness_headers(body.freshness)}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(body.model_dump_json(by_alias=True), media_type="application/json", headers=headers)
@@ -148,6 +168,8 @@ def decode_cursor(cursor: str) -> str:
 
 
 router = APIRouter(prefix="/v1", tags=["views"])
+# One text for an unknown meterpoint and one of another grid company: the answer must not tell them apart.
+_NO_METERPOINT = "no such meterpoint in the views"
 
 
 @router.get(
@@ -157,12 +179,16 @@ router = APIRouter(prefix="/v1", tags=["views"])
     responses=_responses(404, 422),
 )
 async def get_meterpoint(
-    request: Request, meterpoint_id: Annotated[Gsrn, PathParam(description="GSRN-18")], queries: QueriesDep
+    request: Request,
+    meterpoint_id: Annotated[Gsrn, PathParam(description="GSRN-18")],
+    queries: QueriesDep,
+    caller: CallerDep,
 ) -> Response:
-    """Meterpoint overview: current customer, latest reading per register, last seen, open work orders, alarms."""
-    overview = await queries.meterpoint(meterpoint_id)
+    """Meterpoint overview: owner, current customer, latest reading per register, last seen, open work orders,
+    alarms. 404 for a meterpoint of another grid company, or whose master data has not arrived yet."""
+    overview = await queries.meterpoint(meterpoint_id, caller)
     if overview is None:
-        raise _not_found("no event has named this meterpoint", await queries.freshness("meterpoint"))
+        raise _not_found(_NO_METERPOINT, await queries.freshness("meterpoint"))
     return respond(request, overview)
 
 
@@ -170,13 +196,14 @@ async def get_meterpoint(
     "/meterpoints/{meterpoint_id}/consumption",
     operation_id="getConsumption",
     response_model=Consumption,
-    responses=_responses(400, 422),
+    responses=_responses(400, 404, 422),
 )
 async def get_consumption(
     request: Request,
     meterpoint_id: Annotated[Gsrn, PathParam(description="GSRN-18")],
     queries: QueriesDep,
     settings: SettingsDep,
+    caller: CallerDep,
     start: Annotated[
         AwareDatetime | date,
         Query(alias="from", description="Start (inclusive): an RFC 3339 instant for hours, a local date for days."),
@@ -185,7 +212,8 @@ async def get_consumption(
     resolution: Resolution = Resolution.HOUR,
     register: Register = Register.ACTIVE_IMPORT,
 ) -> Response:
-    """Consumption per hour (UTC hours) or per local day over a bounded range; buckets without data are left out."""
+    """Consumption per hour (UTC hours) or per local day over a bounded range; buckets without data are left out.
+    404 like the overview for a meterpoint no event named or of another grid company."""
     if resolution is Resolution.DAY:
         if isinstance(start, datetime) or isinstance(end, datetime):
             raise _bad_request("daily consumption takes local dates (YYYY-MM-DD) for from and to")
@@ -200,7 +228,10 @@ async def get_consumption(
         raise _bad_request("to must be after from")
     if end - start > limit:
         raise _bad_request(f"the range may span at most {limit.days} days at {resolution} resolution")
-    return respond(request, await queries.consumption(meterpoint_id, register, resolution, start, end))
+    consumption = await queries.consumption(meterpoint_id, register, resolution, start, end, caller)
+    if consumption is None:
+        raise _not_found(_NO_METERPOINT, await queries.freshness("consumption"))
+    return respond(request, consumption)
 
 
 def _as_instant(moment: datetime | date, timezone: Any) -> datetime:
@@ -217,10 +248,11 @@ def _as_instant(moment: datetime | date, timezone: Any) -> datetime:
     responses=_responses(404, 422),
 )
 async def get_customer_overview(
-    request: Request, customer_id: Annotated[CustomerId, PathParam()], queries: QueriesDep
+    request: Request, customer_id: Annotated[CustomerId, PathParam()], queries: QueriesDep, caller: CallerDep
 ) -> Response:
-    """A customer, the meterpoints they hold or held, and their consumption of the recent days."""
-    overview = await queries.customer(customer_id)
+    """A customer, the meterpoints they hold or held, and their consumption of the recent days (404 for a
+    customer of another grid company)."""
+    overview = await queries.customer(customer_id, caller)
     if overview is None:
         raise _not_found("no such customer in the views", await queries.freshness("customer"))
     return respond(request, overview)
@@ -231,13 +263,14 @@ async def list_work_orders(
     request: Request,
     queries: QueriesDep,
     settings: SettingsDep,
+    caller: CallerDep,
     status: WorkOrderStatus | None = None,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page.")] = None,
     limit: Annotated[int | None, Query(ge=1, le=1000, description="Page size (default from settings).")] = None,
 ) -> Response:
-    """Work orders by status, ordered by id, in pages."""
+    """The caller's work orders (those at its grid company's meterpoints) by status, ordered by id, in pages."""
     after = decode_cursor(cursor) if cursor else ""
-    page = await queries.work_orders(status, after, limit or settings.workorders_page_size)
+    page = await queries.work_orders(status, after, limit or settings.workorders_page_size, caller)
     if page.next_cursor is not None:
         page = page.model_copy(update={"next_cursor": encode_cursor(page.next_cursor)})
     return respond(request, page)
@@ -263,6 +296,9 @@ def create_api(
     install_problem_handlers(app)
     app.state.settings = settings
     app.state.queries = queries
-    dependencies = [Depends(require_role(Role.READER))] if settings.require_api_key else []
-    app.include_router(router, dependencies=dependencies)
+    if settings.require_api_key:
+        app.include_router(router, dependencies=[Depends(_reader)])
+    else:
+        app.include_router(router)
+        app.dependency_overrides[get_caller] = _unauthenticated_caller
     return app

@@ -46,9 +46,20 @@ from libs.events import (
     to_record,
     with_check_digit,
 )
+from libs.events.meterpoints import (
+    Connection,
+    ConnectionState,
+    DataSource,
+    MeterpointRegistered,
+    MeterpointType,
+    MeterpointUpdated,
+    SettlementMethod,
+    SourceKind,
+)
 from libs.platform.kafka import start_producer
 from services.readside.adapters.kafka import partitions_of
 from services.readside.settings import ReadsideSettings
+from tests.tenants import TENANT_A
 
 TIMEZONE = "Europe/Copenhagen"
 # Independent of the service's own table on purpose: the reference must not share code with what it checks.
@@ -57,16 +68,17 @@ _FACTOR = {"Wh": Decimal("0.001"), "kWh": Decimal(1), "MWh": Decimal(1000)}
 
 @dataclass(frozen=True)
 class Topics:
-    """The four event topics of one test (each with its .dlq)."""
+    """The five event topics of one test (each with its .dlq)."""
 
     readings: str
     meter_events: str
     customers: str
     workorders: str
+    meterpoints: str
 
     @property
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.readings, self.meter_events, self.customers, self.workorders)
+    def all(self) -> tuple[str, str, str, str, str]:
+        return (self.readings, self.meter_events, self.customers, self.workorders, self.meterpoints)
 
     def route(self, record: KafkaRecord) -> KafkaRecord:
         """The record sent to this test's topic instead of the shared one."""
@@ -75,6 +87,7 @@ class Topics:
             "meter.events.v1": self.meter_events,
             "customers.v1": self.customers,
             "workorders.v1": self.workorders,
+            "meterpoints.v1": self.meterpoints,
         }
         return record._replace(topic=by_role[record.topic])
 
@@ -84,7 +97,9 @@ async def create_topics(bootstrap: str, partitions: int = 6) -> Topics:
     await admin.start()
     try:
         tag = uuid.uuid4().hex[:10]
-        topics = Topics(*(f"rs-{role}.{tag}" for role in ("readings", "meterevents", "customers", "workorders")))
+        topics = Topics(
+            *(f"rs-{role}.{tag}" for role in ("readings", "meterevents", "customers", "workorders", "meterpoints"))
+        )
         names = [*topics.all, *(f"{name}.dlq" for name in topics.all)]
         await admin.create_topics([NewTopic(name=n, num_partitions=partitions, replication_factor=1) for n in names])
     finally:
@@ -111,6 +126,7 @@ def settings_for(dsn: str, bootstrap: str, schema: str, topics: Topics, **overri
         "meter_events_topic": topics.meter_events,
         "customers_topic": topics.customers,
         "workorders_topic": topics.workorders,
+        "meterpoints_topic": topics.meterpoints,
         "group_id": f"readside-test-{uuid.uuid4().hex[:8]}",
         "require_api_key": False,
         "poll_timeout_ms": 50,
@@ -131,6 +147,7 @@ def settings_env(settings: ReadsideSettings) -> dict[str, str]:
         "READSIDE_METER_EVENTS_TOPIC": settings.meter_events_topic,
         "READSIDE_CUSTOMERS_TOPIC": settings.customers_topic,
         "READSIDE_WORKORDERS_TOPIC": settings.workorders_topic,
+        "READSIDE_METERPOINTS_TOPIC": settings.meterpoints_topic,
         "READSIDE_GROUP_ID": settings.group_id,
         "READSIDE_MAX_RECORDS": str(settings.max_records),
         "READSIDE_POLL_TIMEOUT_MS": str(settings.poll_timeout_ms),
@@ -442,8 +459,29 @@ class TcpProxy:
             writer.transport.abort()
 
 
-def entity_events(seed: int, meterpoints: Sequence[str], *, now: datetime | None = None) -> list[CloudEvent[Any]]:
-    """Customers, meterpoint links, work orders and alarms for ``meterpoints``, with resends, in produce order."""
+def master_data(
+    gsrn: str, grid_company: str, *, version: int = 1, grid_area: str = "804"
+) -> MeterpointRegistered | MeterpointUpdated:
+    """Master data of a consumption meterpoint owned by ``grid_company`` (version 1 registers, later ones update)."""
+    kind = MeterpointRegistered if version == 1 else MeterpointUpdated
+    return kind(
+        meterpoint_id=gsrn,
+        grid_company=grid_company,
+        grid_area=grid_area,
+        type=MeterpointType.CONSUMPTION,
+        resolution=Resolution.PT15M,
+        settlement_method=SettlementMethod.FLEX,
+        connection=Connection(state=ConnectionState.CONNECTED, since=date(2025, 1, 1)),
+        data_source=DataSource(kind=SourceKind.HEAD_END, id="hes-1"),
+        version=version,
+    )
+
+
+def entity_events(
+    seed: int, meterpoints: Sequence[str], *, now: datetime | None = None, grid_company: str = TENANT_A
+) -> list[CloudEvent[Any]]:
+    """Master data, customers, meterpoint links, work orders and alarms for ``meterpoints`` of ``grid_company``,
+    with resends, in produce order."""
     now = now or datetime(2025, 4, 1, 12, tzinfo=UTC)
     address = Address(street="Vestergade 12", postcode="8000", city="Aarhus C", country="DK")
     events: list[CloudEvent[Any]] = []
@@ -454,12 +492,14 @@ def entity_events(seed: int, meterpoints: Sequence[str], *, now: datetime | None
     for index, gsrn in enumerate(meterpoints):
         customer = f"C-{seed}-{index}"
         base = now - timedelta(days=40 - index)
+        emit(master_data(gsrn, grid_company), base - timedelta(days=1))
         registered = CustomerRegistered(
             customer_id=customer,
             kind=CustomerKind.PERSON,
             name=f"Customer {index}",
             contact=Contact(email=f"c{index}@example.dk", address=address),
             version=1,
+            grid_company=grid_company,
         )
         emit(registered, base)
         updated = CustomerUpdated(**{**registered.model_dump(), "name": f"Customer {index} (moved)", "version": 2})

@@ -40,9 +40,9 @@ def test_a_topic_accepts_only_the_events_it_carries() -> None:
 
 
 def test_topics_must_be_distinct() -> None:
-    assert roles_of("a", "b", "c", "d")["c"] is TopicRole.CUSTOMERS
+    assert roles_of("a", "b", "c", "d", "e")["c"] is TopicRole.CUSTOMERS
     with pytest.raises(ValueError, match="different"):
-        roles_of("a", "a", "c", "d")
+        roles_of("a", "a", "c", "d", "e")
 
 
 def test_the_etag_covers_the_data_not_the_freshness() -> None:

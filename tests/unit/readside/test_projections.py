@@ -31,6 +31,16 @@ from libs.events import (
     make_event,
     with_check_digit,
 )
+from libs.events.meterpoints import (
+    Connection,
+    ConnectionState,
+    DataSource,
+    MeterpointRegistered,
+    MeterpointType,
+    MeterpointUpdated,
+    SettlementMethod,
+    SourceKind,
+)
 from services.readside.projections import (
     ReadingRow,
     WorkOrderRow,
@@ -122,6 +132,47 @@ def test_the_highest_customer_version_of_a_batch_wins() -> None:
     v2 = CustomerUpdated(**{**v1.model_dump(), "name": "B", "version": 2})
     changes = project([make_event(v2, source="/c"), make_event(v1, source="/c")])
     assert [(c.name, c.version) for c in changes.customers] == [("B", 2)]
+
+
+def test_a_customer_keeps_its_grid_company() -> None:
+    address = Address(street="Havnevej 4", postcode="9000", city="Aalborg", country="DK")
+    owned = CustomerRegistered(
+        customer_id="C-1",
+        kind=CustomerKind.PERSON,
+        name="A",
+        contact=Contact(address=address),
+        version=1,
+        grid_company="5790000000012",
+    )
+    legacy = CustomerRegistered(
+        customer_id="C-2", kind=CustomerKind.PERSON, name="B", contact=Contact(address=address), version=1
+    )
+    changes = project([make_event(owned, source="/c"), make_event(legacy, source="/c")])
+    assert [(c.customer_id, c.grid_company) for c in changes.customers] == [("C-1", "5790000000012"), ("C-2", None)]
+
+
+def _master(version: int, grid_company: str) -> MeterpointRegistered | MeterpointUpdated:
+    kind = MeterpointRegistered if version == 1 else MeterpointUpdated
+    return kind(
+        meterpoint_id=MP,
+        grid_company=grid_company,
+        grid_area="804",
+        type=MeterpointType.CONSUMPTION,
+        resolution=Resolution.PT15M,
+        settlement_method=SettlementMethod.FLEX,
+        connection=Connection(state=ConnectionState.CONNECTED, since=date(2025, 1, 1)),
+        data_source=DataSource(kind=SourceKind.HEAD_END, id="hes-1"),
+        version=version,
+    )
+
+
+def test_the_newest_master_data_version_of_a_batch_wins_in_any_order() -> None:
+    first, moved = _master(1, "5790000000012"), _master(2, "5790000000029")
+    for order in ([first, moved], [moved, first]):
+        changes = project([make_event(data, source="/gridhub/customers") for data in order])
+        assert [(m.meterpoint_id, m.grid_company, m.grid_area, m.master_version) for m in changes.masters] == [
+            (MP, "5790000000029", "804", 2)
+        ]
 
 
 def _window() -> TimeWindow:
