@@ -16,14 +16,28 @@ from pydantic_settings import SettingsConfigDict
 from libs.events import topics
 from libs.flowcontrol.policy import BoundaryPolicy, BulkheadSettings, QuotaSettings
 from libs.platform.settings import DEV_ONLY_MARKER, ServiceSettings
-from services.customers.auth import CLIENT_NAME, check_hash_format
+from libs.platform.tenancy import Role
+from services.customers.auth import CLIENT_NAME, ClientSystem
+
+DEV_GRID_COMPANY = "5790000000012"
+"""The grid company (tenant) of the dev-only client systems billing and customer-centre."""
 
 # Dev-only client systems: each password is "<client>-dev-only-password". Refused when environment=production.
-DEV_CLIENTS: dict[str, str] = {
+# billing and the customer centre work for one grid company; work orders enriches alarms of every grid company,
+# so its login is the platform's (it only ever calls GetMeterpointCustomer).
+_DEV_HASHES = {
     "billing": "scrypt$16384$8$1$Vge1NqRlh4cHjJtLUy1_8w$yE7gY0dnSOCASd5nMF6mHGIxczetcQxxj-UgATSQGSA",
     "customer-centre": "scrypt$16384$8$1$4F790NRqom-qdjFSyshRuA$4rnD0MNHYttV2O0kLyPV6CmjWia32gzHjFP8hAG7k9M",
     "workorders": "scrypt$16384$8$1$oZM3-WoCzY5KPrm9YDbb3g$6W1i2OQQgEzp71vSjBYqzQRSFNfiK9ghoRaGy1YHE_M",
 }
+DEV_CLIENTS: dict[str, ClientSystem] = {
+    "billing": ClientSystem(password_hash=_DEV_HASHES["billing"], role=Role.ADMIN, tenant=DEV_GRID_COMPANY),
+    "customer-centre": ClientSystem(
+        password_hash=_DEV_HASHES["customer-centre"], role=Role.OPERATOR, tenant=DEV_GRID_COMPANY
+    ),
+    "workorders": ClientSystem(password_hash=_DEV_HASHES["workorders"], role=Role.PLATFORM, tenant=None),
+}
+DEV_PASSWORD_HASHES = frozenset(client.password_hash for client in DEV_CLIENTS.values())
 DEV_POSTGRES_DSN = f"postgresql://customers:customers-{DEV_ONLY_MARKER}-password@127.0.0.1:5432/customers"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 """The SOAP request size limit when ``boundaries.soap_ingress`` leaves ``max_body_bytes`` out (not in production)."""
@@ -72,6 +86,8 @@ class CustomersSettings(ServiceSettings):
     postgres_acquire_timeout: float = Field(default=2.0, gt=0, le=300)
 
     events_topic: str = topics.CUSTOMERS
+    # Meterpoint master data (MeterpointRegistered/Updated) goes to its own, compacted topic.
+    meterpoints_topic: str = topics.METERPOINTS
     event_source: str = "/gridhub/customers"
     relay_enabled: bool = True
     relay_poll_interval: float = Field(default=5.0, gt=0)
@@ -81,8 +97,9 @@ class CustomersSettings(ServiceSettings):
     max_xml_depth: int = Field(default=32, ge=8, le=256)
     # Uncached password checks per remote address (scrypt is slow on purpose).
     auth_attempts: QuotaSettings = QuotaSettings(rate=2, burst=20)
-    # Client system -> scrypt hash of its password (python -m services.customers.commands.auth).
-    clients: dict[str, str] = Field(default_factory=lambda: dict(DEV_CLIENTS))
+    # Client system -> {"password_hash": "scrypt$...", "role": "reader", "tenant": "<GLN-13 or EIC-16>"}
+    # (python -m services.customers.commands.auth prints an entry); the platform role has no tenant.
+    clients: dict[str, ClientSystem] = Field(default_factory=lambda: dict(DEV_CLIENTS))
 
     boundaries: Boundaries = Boundaries()
 
@@ -95,11 +112,10 @@ class CustomersSettings(ServiceSettings):
 
     @field_validator("clients")
     @classmethod
-    def _check_clients(cls, value: dict[str, str]) -> dict[str, str]:
-        for client, encoded in value.items():
+    def _check_clients(cls, value: dict[str, ClientSystem]) -> dict[str, ClientSystem]:
+        for client in value:
             if not CLIENT_NAME.fullmatch(client):
                 raise ValueError("client names are 1-64 letters, digits, '.', '_' or '-'")
-            check_hash_format(encoded)
         return value
 
     @model_validator(mode="after")
@@ -108,7 +124,7 @@ class CustomersSettings(ServiceSettings):
             return self
         if not self.clients:
             raise ValueError("no client systems configured: set CUSTOMERS_CLIENTS")
-        dev = sorted(client for client, encoded in self.clients.items() if encoded in DEV_CLIENTS.values())
+        dev = sorted(name for name, client in self.clients.items() if client.password_hash in DEV_PASSWORD_HASHES)
         if dev:
             raise ValueError(f"dev-only client credentials in production: {', '.join(dev)}")
         if self.boundaries.soap_ingress.max_body_bytes is None:

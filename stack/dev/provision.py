@@ -94,8 +94,11 @@ def customers_clients(credentials: Credentials, env: Mapping[str, str]) -> str:
     from services.customers.settings import DEV_CLIENTS
 
     raw = env.get("CUSTOMERS_CLIENTS", "").strip()
-    clients: dict[str, str] = json.loads(raw) if raw else dict(DEV_CLIENTS)
-    clients[credentials.soap_client] = hash_password(credentials.soap_password)
+    dev = {name: client.model_dump(mode="json") for name, client in DEV_CLIENTS.items()}
+    clients: dict[str, Any] = json.loads(raw) if raw else dev
+    # The simulator registers its grid company's meterpoints and customers: an admin of that tenant.
+    password_hash = hash_password(credentials.soap_password)
+    clients[credentials.soap_client] = {"password_hash": password_hash, "role": "admin", "tenant": DEV_GRID_COMPANY}
     return json.dumps(clients)
 
 

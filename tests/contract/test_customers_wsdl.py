@@ -44,7 +44,7 @@ async def service(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         "CUSTOMERS_RELAY_ENABLED": "false",
         "CUSTOMERS_POSTGRES_COMMAND_TIMEOUT": "1.0",
         "CUSTOMERS_BOUNDARIES__SOAP_INGRESS": json.dumps(policy),
-        "CUSTOMERS_CLIENTS": json.dumps(DEV_CLIENTS),
+        "CUSTOMERS_CLIENTS": json.dumps({name: client.model_dump(mode="json") for name, client in DEV_CLIENTS.items()}),
     }
     process = ServiceProcess(env, tmp_path_factory.mktemp("customers") / "service.log")
     try:

@@ -144,7 +144,8 @@ def _required_variables() -> set[str]:
 def _dummy_secrets() -> dict[str, str]:
     """Realistic values for every required variable: random, URL-safe, and no placeholder."""
     values = {name: secrets.token_hex(16) for name in _required_variables()}
-    values["CUSTOMERS_CLIENTS"] = json.dumps({"workorders": hash_password(values["WORKORDERS_CUSTOMERS_PASSWORD"])})
+    workorders = {"password_hash": hash_password(values["WORKORDERS_CUSTOMERS_PASSWORD"]), "role": "platform"}
+    values["CUSTOMERS_CLIENTS"] = json.dumps({"workorders": workorders})
     return values
 
 
@@ -589,7 +590,7 @@ def _container_environment(overlay: str, workload: dict[str, Any]) -> dict[str, 
 def _dummy_secret_value(secret: str, key: str) -> str:
     if (secret, key) == ("gridhub-customers-clients", "clients"):
         password = _dummy_secret_value("gridhub-workorders-customers", "password")
-        return json.dumps({"workorders": hash_password(password)})
+        return json.dumps({"workorders": {"password_hash": hash_password(password), "role": "platform"}})
     return secrets.token_hex(16)
 
 

@@ -179,7 +179,8 @@ class SoapEndpoint:
         operation = "-"
         client = "-"
         try:
-            client = await self._authenticator.authenticate(request.headers.get("authorization"), _remote(request))
+            principal = await self._authenticator.authenticate(request.headers.get("authorization"), _remote(request))
+            client = principal.name
             self._admit(client)
             async with self._concurrency():
                 body = await self._read_body(request)

@@ -11,6 +11,7 @@ from libs.flowcontrol.policy import BoundaryPolicy
 from libs.platform.passwords import hash_password
 from libs.platform.settings import DEV_ONLY_MARKER
 from services.customers.settings import DEFAULT_MAX_BODY_BYTES, DEV_POSTGRES_DSN, Boundaries, CustomersSettings
+from tests.tenants import TENANT_A
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +72,8 @@ def test_boundaries_are_frozen_and_refuse_unknown_boundaries() -> None:
 
 def test_production_needs_a_body_limit() -> None:
     real_dsn = "postgresql://customers:Zx9-real-secret@db:5432/customers"
-    clients = {"billing": hash_password("a-real-generated-password-123456")}
+    encoded = hash_password("a-real-generated-password-123456")
+    clients = {"billing": {"password_hash": encoded, "role": "reader", "tenant": TENANT_A}}
     unlimited = Boundaries(soap_ingress=BoundaryPolicy(max_body_bytes=None))
     with pytest.raises(ValidationError, match=r"boundaries\.soap_ingress\.max_body_bytes must be set"):
         CustomersSettings(environment="production", postgres_dsn=real_dsn, clients=clients, boundaries=unlimited)

@@ -46,7 +46,12 @@ def test_weak_or_foreign_hashes_are_refused(encoded: str, message: str) -> None:
 def test_production_customers_settings_refuse_a_weak_client_hash() -> None:
     weak = f"scrypt$16384$8$1${SALT}${_b64(b'd' * 4)}"
     with pytest.raises(ValidationError, match="hash >= 32 bytes"):
-        CustomersSettings(environment="production", postgres_dsn=REAL_DSN, clients={"billing": weak})
+        CustomersSettings(environment="production", postgres_dsn=REAL_DSN, clients={"billing": _client(weak)})
     strong = hash_password("billing's production password")
-    settings = CustomersSettings(environment="production", postgres_dsn=REAL_DSN, clients={"billing": strong})
-    assert settings.clients == {"billing": strong}
+    settings = CustomersSettings(environment="production", postgres_dsn=REAL_DSN, clients={"billing": _client(strong)})
+    assert settings.clients["billing"].password_hash == strong
+
+
+def _client(password_hash: str) -> dict[str, str]:
+    """A customers client system entry (since tenancy: a role and a tenant beside the hash)."""
+    return {"password_hash": password_hash, "role": "reader", "tenant": "5790000000012"}
