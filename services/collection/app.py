@@ -1,8 +1,9 @@
 """The composition root: builds every part of the collection service from its settings, nothing else.
 
 ``create_app(settings)`` returns the ASGI app. Its lifespan starts the real parts (the no-loss Kafka producer
-and its publisher, the PostgreSQL pool with the API-key and FTP-user tables, the MQTT ingress task, the FTP
-server with its file processor, and lag-aware admission when configured) unless a test passed replacements.
+and its publisher, the PostgreSQL pool with the API-key and FTP-user tables, the scope view's feed from
+``meterpoints.v1``, the MQTT ingress task, the FTP server with its file processor, and lag-aware admission when
+configured) unless a test passed replacements.
 Tests run it in-process: ``async with app.router.lifespan_context(app)`` plus
 ``httpx.ASGITransport(app=app)``.
 
@@ -25,6 +26,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.middleware import Middleware
 
+from libs.events import topics
 from libs.flowcontrol.admission import AdmissionController, Signal, lag_signal
 from libs.flowcontrol.asgi import FlowControlMiddleware, client_key_resolver
 from libs.flowcontrol.clock import Clock
@@ -50,6 +52,7 @@ from services.collection.adapters.ftpusers import (
 )
 from services.collection.adapters.kafka import KafkaPublisher, Publisher
 from services.collection.adapters.lag import ConsumerLagProbe
+from services.collection.adapters.meterpoints import MeterpointFeed
 from services.collection.domain import ValidationRules
 from services.collection.entrypoints import api
 from services.collection.entrypoints.ftp import FtpIngress, PartnerFtpServer, PartnerUsers
@@ -58,6 +61,7 @@ from services.collection.filedrop import FileProcessor, Spool
 from services.collection.handlers import Pipeline
 from services.collection.metrics import CollectionMetrics
 from services.collection.openapi import install_openapi
+from services.collection.scope import ScopeView
 from services.collection.settings import CollectionSettings
 
 logger = logging.getLogger(__name__)
@@ -84,19 +88,35 @@ class Parts:
     ftp: FtpIngress | None = None
     admission: list[AdmissionController] | None = None
     lag_probe: ConsumerLagProbe | None = None
+    meterpoints: MeterpointFeed | None = None
+
+    @property
+    def scope_view(self) -> ScopeView | None:
+        """The view the scope check runs against (None when ``scope.enforce`` is off)."""
+        return self.pipeline.scope
 
 
 def build_parts(
-    settings: CollectionSettings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
+    settings: CollectionSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Clock | None = None,
+    scope_view: ScopeView | None = None,
 ) -> Parts:
     """The policy objects, metrics and validation settings (no I/O)."""
     registry = REGISTRY if registry is None else registry
     boundaries = build_boundaries(dict(settings.boundaries), clock=clock, metrics=FlowMetrics.for_registry(registry))
+    if not settings.scope.enforce:
+        logger.warning("scope check off (COLLECTION_SCOPE__ENFORCE=false): any source may deliver any meterpoint")
+        scope_view = None
+    elif scope_view is None:
+        scope_view = ScopeView(settings.scope.capacity)
     pipeline = Pipeline(
         rules=ValidationRules(future_tolerance=timedelta(seconds=settings.future_tolerance_seconds)),
         event_source=settings.event_source,
         max_batch_items=settings.max_batch_items,
         dead_letter_rejections=settings.dead_letter_rest_rejections,
+        scope=scope_view,
     )
     return Parts(settings, registry, boundaries, CollectionMetrics(registry), pipeline)
 
@@ -203,7 +223,30 @@ def _default_checks(parts: Parts) -> list[ReadinessCheck]:
             raise RuntimeError("no database pool")
         await check_postgres(parts.pool, 2.0)
 
-    return [probe_check("kafka", kafka, timeout=3.0), probe_check("postgres", postgres, timeout=2.0)]
+    async def meterpoint_view() -> None:
+        view = parts.scope_view
+        if view is not None and not view.ready:
+            raise RuntimeError(f"the meterpoint view is catching up ({len(view)} meterpoints read)")
+
+    return [
+        probe_check("kafka", kafka, timeout=3.0),
+        probe_check("postgres", postgres, timeout=2.0),
+        probe_check("meterpoint_view", meterpoint_view, timeout=1.0),
+    ]
+
+
+def create_meterpoint_feed(parts: Parts) -> MeterpointFeed | None:
+    """The consumer that keeps the scope view up to date (None when the check is off)."""
+    view, settings = parts.scope_view, parts.settings
+    if view is None:
+        return None
+    return MeterpointFeed(
+        settings.kafka_bootstrap_servers,
+        settings.kafka_topic_prefix + topics.METERPOINTS,
+        view,
+        metrics=parts.metrics,
+        catch_up_timeout=settings.scope.catch_up_timeout_seconds,
+    )
 
 
 def create_app(
@@ -218,16 +261,18 @@ def create_app(
     on_fatal: Callable[[BaseException], object] | None = None,
     ftp_users: FtpUserStore | None = None,
     admission_signal: Signal | None = None,
+    scope_view: ScopeView | None = None,
 ) -> FastAPI:
     """The collection service's ASGI app; real Kafka, PostgreSQL, MQTT and FTP unless replacements are given.
 
     ``publisher`` replaces the Kafka producer, ``key_store`` the PostgreSQL key store and ``ftp_users`` the
     PostgreSQL FTP accounts (each then drops its readiness check unless ``readiness_checks`` says otherwise).
-    ``admission_signal`` replaces the consumer-lag signal of ``settings.lag_signal``. ``on_fatal`` is called if
-    the MQTT or FTP ingress dies (``__main__`` stops the server: a replica that no longer consumes must be
-    restarted).
+    ``admission_signal`` replaces the consumer-lag signal of ``settings.lag_signal``. ``scope_view`` replaces the
+    view fed from ``meterpoints.v1`` (a test fills it and sets ``ready``; no feed runs then). ``on_fatal`` is called
+    if the meterpoint feed, the MQTT or the FTP ingress dies (``__main__`` stops the server: a replica that no
+    longer consumes must be restarted).
     """
-    parts = build_parts(settings, registry=registry, clock=clock)
+    parts = build_parts(settings, registry=registry, clock=clock, scope_view=scope_view)
     keys = KeyStoreSlot()
     readiness = ReadinessRegistry(_default_checks(parts) if readiness_checks is None else readiness_checks)
 
@@ -252,6 +297,11 @@ def create_app(
                 assert parts.pool is not None
                 store = CachedKeyStore(PostgresKeyStore(parts.pool), ttl=settings.api_key_cache_seconds)
             keys.store = store
+            if scope_view is None:
+                parts.meterpoints = create_meterpoint_feed(parts)
+                if parts.meterpoints is not None:
+                    # Fatal: a replica whose view stopped (or never caught up) must not go on checking against it.
+                    run_in_background(stack, parts.meterpoints.run(), name="meterpoint-view", on_fatal=on_fatal)
             rest_policy = settings.boundaries.rest_ingress
             app.state.rest = api.RestDependencies(
                 publisher=active,
@@ -328,6 +378,7 @@ __all__ = [
     "create_admission",
     "create_app",
     "create_ftp_ingress",
+    "create_meterpoint_feed",
     "create_mqtt_ingress",
     "create_publisher",
 ]

@@ -6,7 +6,8 @@ An entry point turns its wire format into `ReadingInput` / `AlarmInput` items: J
 
 - `Accepted`: a canonical `Reading` / `Alarm` (UTC, deterministic id) to publish;
 - `Duplicate`: the same id and content as an earlier item of the batch (published once);
-- `Rejected`: a stable `RejectReason` plus a detail naming the field and the rule, never the input's value.
+- `Rejected`: a stable `RejectReason` plus a detail naming the field and the rule, never the input's value;
+- `Held`: only from the scope check (``scope.py``): valid, but its meterpoint is not registered yet.
 
 Types are checked by pydantic (a wrong type is ``malformed``); meaning is checked here in Python, so that each
 rule has its own reason: GSRN check digit, timezone, alignment to the resolution, not in the future beyond a
@@ -73,6 +74,10 @@ class RejectReason(StrEnum):
     # File lines (FTP): the bytes of a line are no UTF-8, or the line is longer than the limit.
     INVALID_ENCODING = "invalid_encoding"
     LINE_TOO_LONG = "line_too_long"
+    # Scope (``scope.py``): the meterpoint is assigned to another source or grid company, or to nobody (rejected);
+    # the meterpoint is not registered (yet): held in the DLQ with the validated event, redriven once it is.
+    NOT_IN_SCOPE = "not_in_scope"
+    UNKNOWN_METERPOINT = "unknown_meterpoint"
 
 
 class MalformedBatch(ValueError):
@@ -226,7 +231,22 @@ class Rejected:
     detail: str
 
 
-ItemOutcome = Accepted | Duplicate | Rejected
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Item `index` is valid but its meterpoint is not registered: ``event`` goes to the DLQ, held for a redrive."""
+
+    index: int
+    reason: RejectReason
+    detail: str
+    event: Any  # Reading | Alarm
+
+    @property
+    def event_id(self) -> str:
+        """The id the event keeps when it is redriven."""
+        return str(self.event.event_id)
+
+
+ItemOutcome = Accepted | Duplicate | Rejected | Held
 
 
 @dataclass(frozen=True, slots=True)

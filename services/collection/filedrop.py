@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 import orjson
 
+from libs.events.meterpoints import SourceKind
 from libs.events.records import KafkaRecord
 from libs.flowcontrol.clock import Clock, MonotonicClock
 from libs.flowcontrol.errors import Refused
@@ -38,9 +39,10 @@ from libs.flowcontrol.quota import Quota
 from services.collection import csvformat
 from services.collection.adapters.ftpusers import check_login
 from services.collection.adapters.kafka import Publisher, PublishFailed, dead_letter_record
-from services.collection.domain import Accepted, Duplicate, ItemOutcome, Rejected
+from services.collection.domain import Accepted, Duplicate, Held, ItemOutcome, Rejected
 from services.collection.handlers import READINGS, FileLine, Origin, Pipeline, count_outcomes, prepare_lines
 from services.collection.metrics import CollectionMetrics
+from services.collection.scope import Deliverer
 from services.collection.settings import FtpSettings
 
 logger = logging.getLogger(__name__)
@@ -152,7 +154,7 @@ class ReceiptWriter:
         self.path = path
         self._file = path.open("wb")
         self._first = True
-        self.accepted = self.duplicates = self.rejected = 0
+        self.accepted = self.duplicates = self.rejected = self.held = 0
         head = {"file": job.name, "user": job.user, "upload_id": job.upload_id, "received_at": _utc(job.received_at)}
         self._file.write(orjson.dumps(head)[:-1] + b', "lines": [')
 
@@ -170,16 +172,26 @@ class ReceiptWriter:
                     "id": outcome.event_id,
                     "duplicate_of": lines[outcome.duplicate_of].number,
                 }
+            elif type(outcome) is Held:
+                # Valid, but the meterpoint is not registered: the reading waits in the DLQ for a redrive.
+                entry = {
+                    "line": number,
+                    "status": "held",
+                    "id": outcome.event_id,
+                    "reason": outcome.reason,
+                    "detail": outcome.detail,
+                }
             else:
                 assert isinstance(outcome, Rejected)
                 entry = {"line": number, "status": "rejected", "reason": outcome.reason, "detail": outcome.detail}
             entries.append(orjson.dumps(entry))
         if not entries:
             return
-        accepted, duplicates, rejected = count_outcomes(outcomes)
+        accepted, duplicates, rejected, held = count_outcomes(outcomes)
         self.accepted += accepted
         self.duplicates += duplicates
         self.rejected += rejected
+        self.held += held
         separator = b"\n  " if self._first else b",\n  "
         self._first = False
         self._file.write(separator + b",\n  ".join(entries))
@@ -190,6 +202,7 @@ class ReceiptWriter:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "held": self.held,
             "status": "processed" if reason is None else "rejected",
         }
         if reason is not None:
@@ -286,7 +299,13 @@ class FileProcessor:
         self._queue.put_nowait(job)
 
     async def run(self) -> None:
-        """Queue what a previous run left in the spool, then process files until cancelled."""
+        """Queue what a previous run left in the spool, then process files until cancelled.
+
+        Processing starts once the scope view has caught up (before, a registered meterpoint could look unknown).
+        """
+        scope = self._pipeline.scope
+        while scope is not None and not scope.ready:
+            await self._clock.sleep(0.05)
         for job in await asyncio.to_thread(self._spool.recover):
             self.submit(job)
         async with asyncio.TaskGroup() as workers:
@@ -311,10 +330,12 @@ class FileProcessor:
     async def process(self, job: FileJob) -> Path:
         """Publish one spooled file and write its receipt; return the receipt's path."""
         origin = Origin("ftp", f"ftp:{job.user}/{job.name}", job.upload_id, job.user)
+        # The partner is its login (a meterpoint's data_source names it); its tenant comes from the view.
+        deliverer = Deliverer(SourceKind.FTP_PARTNER, job.user)
         receipt = ReceiptWriter(self._spool.receipt_draft(job), job)
         try:
             with job.path.open("rb") as file:
-                outcome = await self._stream(file, job, origin, receipt)
+                outcome = await self._stream(file, job, origin, deliverer, receipt)
             receipt.finish(processed_at=self._wall_clock(), reason=outcome[0], detail=outcome[1])
         except BaseException:
             receipt.abandon()
@@ -324,17 +345,18 @@ class FileProcessor:
         self.processed += 1
         self._metrics.ftp_files.labels("processed" if outcome[0] is None else "rejected").inc()
         logger.info(
-            "file %s of %s processed: %d accepted, %d duplicate, %d rejected line(s)",
+            "file %s of %s processed: %d accepted, %d duplicate, %d rejected, %d held line(s)",
             job.name,
             job.user,
             receipt.accepted,
             receipt.duplicates,
             receipt.rejected,
+            receipt.held,
         )
         return target
 
     async def _stream(
-        self, file: BinaryIO, job: FileJob, origin: Origin, receipt: ReceiptWriter
+        self, file: BinaryIO, job: FileJob, origin: Origin, deliverer: Deliverer, receipt: ReceiptWriter
     ) -> tuple[str | None, str | None]:
         settings = self._settings
         limit = settings.max_line_bytes
@@ -370,6 +392,7 @@ class FileProcessor:
                 lines,
                 columns=columns,
                 origin=origin,
+                deliverer=deliverer,
                 received_at=job.received_at,
                 pipeline=self._pipeline,
                 max_line_bytes=limit,

@@ -5,6 +5,10 @@ Plain functions, message first, dependencies by name. Validation and record buil
 Kafka acknowledged every record. Accepted items become events on ``meter.readings.v1`` / ``meter.events.v1``;
 refused ones are recorded on the topic's ``.dlq`` with their reason, in the same publish.
 
+Every door passes `prepare_batch`, and with it the scope check (``scope.py``) of the delivering source (a
+`Deliverer`): an item for a meterpoint assigned to someone else is rejected ``not_in_scope``; one for an
+unregistered meterpoint is held (``unknown_meterpoint``: its validated event goes to the DLQ, to be redriven).
+
 - REST: `submit_batch` (parse the body, validate, publish, report per item).
 - MQTT: `prepare_message` per message; the ingress publishes many messages' records at once, then acks them.
 - FTP: `prepare_lines` per bounded chunk of a file's lines (CSV, ``csvformat.py``); the file drop publishes
@@ -22,12 +26,20 @@ from pydantic_core import to_json
 
 from libs.events import topics
 from libs.events.gsrn import is_valid_gsrn
+from libs.events.meterpoints import SourceKind
 from libs.events.records import KafkaRecord
 from services.collection import csvformat
-from services.collection.adapters.kafka import Publisher, alarm_record, dead_letter_record, reading_record
+from services.collection.adapters.kafka import (
+    Publisher,
+    alarm_record,
+    dead_letter_record,
+    held_record,
+    reading_record,
+)
 from services.collection.domain import (
     Accepted,
     Duplicate,
+    Held,
     ItemOutcome,
     MalformedBatch,
     Rejected,
@@ -41,6 +53,7 @@ from services.collection.domain import (
     raw_items,
 )
 from services.collection.metrics import CollectionMetrics
+from services.collection.scope import Deliverer, ScopeView
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,12 @@ class Pipeline:
     event_source: str
     max_batch_items: int
     dead_letter_rejections: bool = True
+    scope: ScopeView | None = None
+    """The scope view the check runs against; None when ``scope.enforce`` is off (a migration period only)."""
+
+
+class ScopeNotReady(Exception):
+    """The scope view has not caught up with meterpoints.v1 yet: nothing can be checked (retry shortly)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +122,11 @@ class Prepared:
         """Items published as events."""
         return sum(1 for outcome in self.outcomes if type(outcome) is Accepted)
 
+    @property
+    def held(self) -> int:
+        """Items held in the DLQ (unknown meterpoint)."""
+        return sum(1 for outcome in self.outcomes if type(outcome) is Held)
+
 
 def _key_of(element: object) -> bytes | None:
     meterpoint_id = element.get("meterpoint_id") if isinstance(element, dict) else None
@@ -114,18 +138,39 @@ def prepare_batch(
     *,
     kind: Kind,
     origin: Origin,
+    deliverer: Deliverer,
     received_at: datetime,
     pipeline: Pipeline,
     original: Callable[[int], tuple[bytes | None, bytes]] | None = None,
 ) -> Prepared:
-    """Validate ``items`` (typed items or `Rejection`s) into outcomes and records.
+    """Validate ``items`` (typed items or `Rejection`s) into outcomes and records, and check ``deliverer``'s scope.
 
     ``original(index)`` gives a refused item's key and bytes as the sender wrote them; each refused item then
-    becomes a dead letter (if ``pipeline.dead_letter_rejections``). ``received_at`` (UTC) is the events' time.
+    becomes a dead letter (if ``pipeline.dead_letter_rejections``). A held item always becomes one (its validated
+    event, so it can be redriven). ``received_at`` (UTC) is the events' time.
     """
     outcomes = kind.check(items, now=received_at, rules=pipeline.rules)
+    scope = pipeline.scope
+    if scope is not None:
+        outcomes = scope.check(outcomes, deliverer)
     encode, source = kind.encode, pipeline.event_source
     records = [encode(o.event, time=received_at, event_source=source) for o in outcomes if type(o) is Accepted]
+    if scope is not None and len(records) < len(outcomes):
+        for outcome in outcomes:
+            if type(outcome) is Held:
+                records.append(
+                    held_record(
+                        encode(outcome.event, time=received_at, event_source=source),
+                        topic=kind.dlq,
+                        origin=origin.name,
+                        record_id=f"{origin.record_id}#{outcome.index}",
+                        reason=outcome.reason,
+                        detail=f"item {outcome.index}: {outcome.detail}",
+                        failed_at=received_at,
+                        deliverer=deliverer,
+                        headers=origin.headers(),
+                    )
+                )
     if original is not None and pipeline.dead_letter_rejections:
         for outcome in outcomes:
             if type(outcome) is Rejected:
@@ -156,6 +201,7 @@ class SubmitBatch:
     kind: Kind
     body: bytes
     origin: Origin
+    deliverer: Deliverer
     received_at: datetime
 
 
@@ -164,9 +210,11 @@ async def submit_batch(
 ) -> list[ItemOutcome]:
     """Validate, publish accepted items and dead letters, return one outcome per item once Kafka acked them.
 
-    Raises `MalformedBatch` for an unusable body, and what the publisher raises (``Refused`` while the breaker is
-    open, `PublishFailed`) when Kafka did not take everything.
+    Raises `MalformedBatch` for an unusable body, `ScopeNotReady` while the scope view catches up, and what the
+    publisher raises (``Refused`` while the breaker is open, `PublishFailed`) when Kafka did not take everything.
     """
+    if pipeline.scope is not None and not pipeline.scope.ready:
+        raise ScopeNotReady("the meterpoint view is catching up")
     kind = command.kind
     items = kind.parse(command.body, max_items=pipeline.max_batch_items)
     elements: list[Any] | None = None
@@ -181,6 +229,7 @@ async def submit_batch(
         items,
         kind=kind,
         origin=command.origin,
+        deliverer=command.deliverer,
         received_at=command.received_at,
         pipeline=pipeline,
         original=original,
@@ -284,7 +333,11 @@ def prepare_message(
             RejectReason.METERPOINT_MISMATCH,
             f"item {foreign}: meterpoint_id differs from the topic's; a device may only send for its own meterpoint",
         )
-    prepared = prepare_batch(items, kind=kind, origin=origin, received_at=message.received_at, pipeline=pipeline)
+    # The device account is its meterpoint (the broker's ACL holds it to its own topic); it has no tenant of its own.
+    deliverer = Deliverer(SourceKind.DEVICE, device)
+    prepared = prepare_batch(
+        items, kind=kind, origin=origin, deliverer=deliverer, received_at=message.received_at, pipeline=pipeline
+    )
     rejected = [outcome for outcome in prepared.outcomes if type(outcome) is Rejected]
     records = prepared.records
     if rejected:
@@ -292,7 +345,8 @@ def prepare_message(
         letter = refuse(rejected[0].reason, detail).records[0]
         letter.headers.append(("dlq.rejected_items", ",".join(str(r.index) for r in rejected).encode()))
         records = [*records, letter]
-    return PreparedMessage(device, kind, max(1, len(items)), records, prepared.outcomes, bool(rejected))
+    dead_lettered = bool(rejected) or prepared.held > 0
+    return PreparedMessage(device, kind, max(1, len(items)), records, prepared.outcomes, dead_lettered)
 
 
 # --- FTP -------------------------------------------------------------------------------------------------------
@@ -313,6 +367,7 @@ def prepare_lines(
     *,
     columns: csvformat.Columns,
     origin: Origin,
+    deliverer: Deliverer,
     received_at: datetime,
     pipeline: Pipeline,
     max_line_bytes: int,
@@ -327,7 +382,9 @@ def prepare_lines(
         csvformat.too_long(max_line_bytes) if line.too_long else csvformat.parse_line(line.content, columns)
         for line in lines
     ]
-    prepared = prepare_batch(items, kind=READINGS, origin=origin, received_at=received_at, pipeline=pipeline)
+    prepared = prepare_batch(
+        items, kind=READINGS, origin=origin, deliverer=deliverer, received_at=received_at, pipeline=pipeline
+    )
     records = prepared.records
     for outcome in prepared.outcomes:
         if type(outcome) is Rejected:
@@ -348,17 +405,19 @@ def prepare_lines(
     return prepared
 
 
-def count_outcomes(outcomes: Sequence[ItemOutcome]) -> tuple[int, int, int]:
-    """(accepted, duplicates, rejected) of a batch."""
-    accepted = duplicates = rejected = 0
+def count_outcomes(outcomes: Sequence[ItemOutcome]) -> tuple[int, int, int, int]:
+    """(accepted, duplicates, rejected, held) of a batch."""
+    accepted = duplicates = rejected = held = 0
     for outcome in outcomes:
         if type(outcome) is Accepted:
             accepted += 1
         elif type(outcome) is Duplicate:
             duplicates += 1
+        elif type(outcome) is Held:
+            held += 1
         else:
             rejected += 1
-    return accepted, duplicates, rejected
+    return accepted, duplicates, rejected, held
 
 
 __all__ = [
@@ -371,6 +430,7 @@ __all__ = [
     "Pipeline",
     "Prepared",
     "PreparedMessage",
+    "ScopeNotReady",
     "SubmitBatch",
     "count_outcomes",
     "prepare_batch",

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.collection.domain import Accepted, Duplicate, ItemOutcome, Rejected
+from services.collection.domain import Accepted, Duplicate, Held, ItemOutcome, Rejected
 
 
 class CollectionMetrics:
@@ -18,13 +18,15 @@ class CollectionMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.items = Counter(
             "gridhub_collection_items_total",
-            "Readings and alarms received, by channel, kind and outcome (accepted, duplicate_in_batch, rejected).",
+            "Readings and alarms received, by channel, kind and outcome (accepted, duplicate_in_batch, rejected, held: "
+            "valid but for an unregistered meterpoint, in the DLQ for a redrive).",
             ["channel", "kind", "outcome"],
             registry=registry,
         )
         self.rejections = Counter(
             "gridhub_collection_rejections_total",
-            "Refused items and messages by channel and reason.",
+            "Refused items and messages by channel and reason (not_in_scope and unknown_meterpoint from the scope "
+            "check among them).",
             ["channel", "reason"],
             registry=registry,
         )
@@ -121,9 +123,42 @@ class CollectionMetrics:
             registry=registry,
         )
 
+        self.view_entries = Gauge(
+            "gridhub_collection_meterpoint_view_entries",
+            "Meterpoints in the local scope view (fed from meterpoints.v1).",
+            registry=registry,
+        )
+        self.view_capacity = Gauge(
+            "gridhub_collection_meterpoint_view_capacity",
+            "The most meterpoints the scope view takes (COLLECTION_SCOPE__CAPACITY).",
+            registry=registry,
+        )
+        self.view_full = Gauge(
+            "gridhub_collection_meterpoint_view_full",
+            "1 while the scope view is full and refuses new meterpoints (their readings are held).",
+            registry=registry,
+        )
+        self.view_caught_up = Gauge(
+            "gridhub_collection_meterpoint_view_caught_up",
+            "1 once the scope view has read meterpoints.v1 up to its end offsets at start.",
+            registry=registry,
+        )
+        self.view_lag = Gauge(
+            "gridhub_collection_meterpoint_view_lag",
+            "Records of meterpoints.v1 the scope view has not applied yet (behind the high watermark).",
+            registry=registry,
+        )
+        self.view_records = Counter(
+            "gridhub_collection_meterpoint_view_records_total",
+            "meterpoints.v1 records by what the view did: added, updated, stale (an older or equal version, skipped), "
+            "removed (tombstone), refused (view full), malformed (skipped).",
+            ["outcome"],
+            registry=registry,
+        )
+
     def count(self, channel: str, kind: str, outcomes: Iterable[ItemOutcome]) -> None:
         """Count one batch's outcomes."""
-        accepted = duplicates = 0
+        accepted = duplicates = held = 0
         reasons: dict[str, int] = {}
         for outcome in outcomes:
             if type(outcome) is Accepted:
@@ -132,6 +167,8 @@ class CollectionMetrics:
                 duplicates += 1
             elif type(outcome) is Rejected:
                 reasons[outcome.reason] = reasons.get(outcome.reason, 0) + 1
+            elif type(outcome) is Held:
+                held += 1
         if accepted:
             self.items.labels(channel, kind, "accepted").inc(accepted)
         if duplicates:
@@ -139,3 +176,6 @@ class CollectionMetrics:
         for reason, count in reasons.items():
             self.items.labels(channel, kind, "rejected").inc(count)
             self.rejections.labels(channel, reason).inc(count)
+        if held:
+            self.items.labels(channel, kind, "held").inc(held)
+            self.rejections.labels(channel, "unknown_meterpoint").inc(held)

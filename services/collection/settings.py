@@ -237,6 +237,20 @@ class LagSignalSettings(_Section):
         return self
 
 
+class ScopeSettings(_Section):
+    """The scope check: the local view of meterpoints.v1 (who owns and who delivers each meterpoint)."""
+
+    # A reading is accepted only from the source assigned to its meterpoint, for that grid company. False only
+    # for a migration period (no meterpoint registered yet); production refuses it.
+    enforce: bool = True
+    # Meterpoints the view holds (about 110 bytes each: 220 MB at the default); full, it refuses new ones (their
+    # readings are held as unknown_meterpoint), says so in gridhub_collection_meterpoint_view_full and a log line.
+    capacity: Annotated[int, Field(ge=1, le=50_000_000)] = 2_000_000
+    # /readyz stays 503 until the view has read the topic to its end offsets at start; not caught up by then, the
+    # replica stops (exit 1) instead of serving without its view. Reading is ~1 s per 100,000 records.
+    catch_up_timeout_seconds: PositiveFloat = 300.0
+
+
 class CollectionSettings(ServiceSettings):
     """Settings of ``services.collection`` (``COLLECTION_*``)."""
 
@@ -274,6 +288,7 @@ class CollectionSettings(ServiceSettings):
     devices: DeviceSettings = DeviceSettings()
     # Off unless set: which consumer group's lag lowers the REST, MQTT and FTP quotas (lag-aware admission).
     lag_signal: LagSignalSettings | None = None
+    scope: ScopeSettings = ScopeSettings()
     boundaries: Boundaries = Boundaries()
 
     @model_validator(mode="after")
@@ -311,6 +326,12 @@ class CollectionSettings(ServiceSettings):
         # it there), since they are mounted where the service runs, not where its settings are checked.
         if not (ftp.tls_control_required and ftp.tls_data_required):
             raise ValueError("production needs FTPS: ftp.tls_control_required and ftp.tls_data_required")
+        return self
+
+    @model_validator(mode="after")
+    def _scope_in_production(self) -> Self:
+        if self.environment == "production" and not self.scope.enforce:
+            raise ValueError("production enforces the scope check: scope.enforce must stay true")
         return self
 
     @model_validator(mode="after")

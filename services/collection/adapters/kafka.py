@@ -35,6 +35,7 @@ __all__ = [
     "Publisher",
     "alarm_record",
     "dead_letter_record",
+    "held_record",
     "reading_record",
 ]
 
@@ -52,6 +53,12 @@ _ALARM_HEADERS: Final = (
 )
 REJECTION_ERROR: Final = "services.collection.domain.Rejected"
 """`dlq.error` of an item the validator refused."""
+HELD_ERROR: Final = "services.collection.domain.Held"
+"""`dlq.error` of a valid item held back because its meterpoint is not registered (a redrive publishes it)."""
+HELD_TOPIC_HEADER: Final = "gridhub.held.topic"
+"""On a held record: the topic (without any prefix) its event goes to once redriven."""
+DELIVERER_HEADERS: Final = ("gridhub.deliverer.kind", "gridhub.deliverer.id", "gridhub.deliverer.tenant")
+"""On a held record: who delivered it (source kind, id and tenant if known), checked again at the redrive."""
 
 
 class PublishFailed(Exception):
@@ -160,6 +167,42 @@ def dead_letter_record(
     all_headers = dlq_headers(dead)
     all_headers.append(("dlq.detail", detail.encode()))
     return KafkaRecord(topic, key or b"", value, all_headers)
+
+
+def held_record(
+    event: KafkaRecord,
+    *,
+    topic: str,
+    origin: str,
+    record_id: str,
+    reason: str,
+    detail: str,
+    failed_at: datetime,
+    deliverer: tuple[str, str, str | None],
+    headers: Sequence[tuple[str, bytes]] = (),
+) -> KafkaRecord:
+    """A held item: the validated event's record (key and value as they would have been published) on the DLQ.
+
+    Its headers say where the event goes (`HELD_TOPIC_HEADER`) and who delivered it (`DELIVERER_HEADERS`), so the
+    redrive (``commands/holds.py``) can check the scope again and publish the same bytes with the same event id.
+    """
+    kind, source_id, tenant = deliverer
+    extra = [
+        *headers,
+        *event.headers,
+        (HELD_TOPIC_HEADER, event.topic.encode()),
+        (DELIVERER_HEADERS[0], kind.encode()),
+        (DELIVERER_HEADERS[1], source_id.encode()),
+    ]
+    if tenant is not None:
+        extra.append((DELIVERER_HEADERS[2], tenant.encode()))
+    source = SourceRecord(
+        topic=origin, partition=None, offset=None, value=event.value, key=event.key, headers=tuple(extra)
+    )
+    dead = DeadLetter(record_id, reason, 1, HELD_ERROR, source, failed_at)
+    all_headers = dlq_headers(dead)
+    all_headers.append(("dlq.detail", detail.encode()))
+    return KafkaRecord(topic, event.key, event.value, all_headers)
 
 
 # --- publishing ------------------------------------------------------------------------------------------------

@@ -19,14 +19,25 @@ from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from libs.events.meterpoints import SourceKind
 from libs.flowcontrol.errors import Refused
 from libs.platform.apikeys import ApiKeyRecord, Role, require_role
 from libs.platform.logging import get_correlation_id, new_correlation_id
 from libs.platform.problems import Problem, ProblemError
 from services.collection.adapters.kafka import Publisher, PublishFailed
-from services.collection.domain import Accepted, Duplicate, ItemOutcome, MalformedBatch
-from services.collection.handlers import ALARMS, READINGS, Kind, Origin, Pipeline, SubmitBatch, submit_batch
+from services.collection.domain import Accepted, Duplicate, Held, ItemOutcome, MalformedBatch
+from services.collection.handlers import (
+    ALARMS,
+    READINGS,
+    Kind,
+    Origin,
+    Pipeline,
+    ScopeNotReady,
+    SubmitBatch,
+    submit_batch,
+)
 from services.collection.metrics import CollectionMetrics
+from services.collection.scope import Deliverer
 
 READINGS_PATH = "/v1/readings"
 METER_EVENTS_PATH = "/v1/meter-events"
@@ -64,16 +75,21 @@ class ItemResult(BaseModel):
     """What happened to one item of the batch."""
 
     index: int = Field(ge=0, description="Position of the item in the request array (0-based).")
-    status: Literal["accepted", "duplicate_in_batch", "rejected"]
+    status: Literal["accepted", "duplicate_in_batch", "rejected", "held"] = Field(
+        description="accepted: in Kafka. held: valid, but its meterpoint is not registered (yet); kept in the "
+        "dead-letter topic and published with the same id when an operator redrives the holds after the "
+        "meterpoint is registered. rejected: refused for good (see reason)."
+    )
     id: str | None = Field(
-        default=None, description="reading_id / alarm_id (the event id) of an accepted or duplicate item."
+        default=None, description="reading_id / alarm_id (the event id) of an accepted, duplicate or held item."
     )
     duplicate_of: int | None = Field(default=None, description="Index of the earlier identical item.")
     reason: str | None = Field(
         default=None,
         description="Why a rejected item was refused: malformed, invalid_meterpoint, naive_timestamp, "
         "misaligned_interval, in_future, value_out_of_range, too_many_decimals, unit_mismatch, "
-        "missing_with_value, conflicting_duplicate.",
+        "missing_with_value, conflicting_duplicate, not_in_scope (the meterpoint is not assigned to this "
+        "client system, or belongs to another grid company); why a held one is held: unknown_meterpoint.",
     )
     detail: str | None = Field(default=None, description="The field and rule that failed.")
 
@@ -84,13 +100,16 @@ class BatchResult(BaseModel):
     accepted: int = Field(ge=0, description="Items published.")
     duplicates: int = Field(ge=0, description="Items identical to an earlier item of the batch (published once).")
     rejected: int = Field(ge=0, description="Items refused; each is also recorded in the dead-letter topic.")
+    held: int = Field(
+        ge=0, description="Items held for an unregistered meterpoint (in the dead-letter topic, redriven later)."
+    )
     results: list[ItemResult]
 
 
 def render_results(outcomes: list[ItemOutcome]) -> bytes:
     """The `BatchResult` JSON of ``outcomes`` (built directly: up to 10,000 items per response)."""
     results: list[dict[str, Any]] = []
-    accepted = duplicates = 0
+    accepted = duplicates = held = 0
     for outcome in outcomes:
         if isinstance(outcome, Accepted):
             accepted += 1
@@ -105,12 +124,25 @@ def render_results(outcomes: list[ItemOutcome]) -> bytes:
                     "duplicate_of": outcome.duplicate_of,
                 }
             )
+        elif isinstance(outcome, Held):
+            held += 1
+            results.append(
+                {
+                    "index": outcome.index,
+                    "status": "held",
+                    "id": outcome.event_id,
+                    "reason": outcome.reason,
+                    "detail": outcome.detail,
+                }
+            )
         else:
             results.append(
                 {"index": outcome.index, "status": "rejected", "reason": outcome.reason, "detail": outcome.detail}
             )
-    rejected = len(outcomes) - accepted - duplicates
-    return orjson.dumps({"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": results})
+    rejected = len(outcomes) - accepted - duplicates - held
+    return orjson.dumps(
+        {"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "held": held, "results": results}
+    )
 
 
 # --- the endpoints ---------------------------------------------------------------------------------------------
@@ -151,6 +183,8 @@ async def _submit(kind: Kind, path: str, request: Request, client: ApiKeyRecord,
         kind=kind,
         body=body,
         origin=Origin("rest", f"rest:{path}", correlation_id, client.client),
+        # A head-end system is its key's client name (what a meterpoint's data_source names), in the key's tenant.
+        deliverer=Deliverer(SourceKind.HEAD_END, client.client, client.tenant),
         received_at=deps.wall_clock(),
     )
     try:
@@ -158,6 +192,9 @@ async def _submit(kind: Kind, path: str, request: Request, client: ApiKeyRecord,
     except MalformedBatch as malformed:
         deps.metrics.rejections.labels("rest", malformed.reason).inc()
         raise _problem(_MALFORMED_STATUS[malformed.reason], malformed.detail, reason=malformed.reason) from None
+    except ScopeNotReady:
+        detail = "the meterpoint view is catching up; nothing was accepted"
+        raise _problem(503, detail, headers=_retry_after(2.0)) from None
     except Refused as refused:  # the Kafka breaker is open
         raise _problem(
             503, "Kafka is unavailable; nothing was accepted", headers=_retry_after(refused.retry_after)
@@ -182,7 +219,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         415: "The body is not application/json.",
         422: "The JSON is not a non-empty array.",
         429: "The client's quota, or its requests in flight, are spent; see Retry-After and RateLimit.",
-        503: "Kafka is unavailable or the service is saturated; retry after Retry-After (safe: ids are stable).",
+        503: "Kafka is unavailable, the service is saturated or its meterpoint view still catches up at start; "
+        "retry after Retry-After (safe: ids are stable).",
     }.items()
 }
 
@@ -212,8 +250,10 @@ async def post_readings(request: Request, client: WriterDep, deps: DependenciesD
     """Validate each reading; publish the accepted ones to ``meter.readings.v1`` (key = meterpoint id).
 
     Answers after Kafka acknowledged every accepted reading, with one result per item: ``accepted`` (with its
-    deterministic reading id), ``duplicate_in_batch`` or ``rejected`` (reason and detail). Rejected items are
-    also recorded in ``meter.readings.v1.dlq``.
+    deterministic reading id), ``duplicate_in_batch``, ``rejected`` (reason and detail: ``not_in_scope`` when the
+    meterpoint is not assigned to this client system in its grid company) or ``held`` (``unknown_meterpoint``: no
+    such meterpoint is registered yet; the reading waits in the DLQ for a redrive). Rejected and held items are
+    recorded in ``meter.readings.v1.dlq``.
     """
     return await _submit(READINGS, READINGS_PATH, request, client, deps)
 

@@ -143,7 +143,13 @@ class MqttIngress:
     # --- lifetime ----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, consume until cancelled, then disconnect leaving unacknowledged messages with the broker."""
+        """Connect, consume until cancelled, then disconnect leaving unacknowledged messages with the broker.
+
+        Connects once the scope view has caught up: before that, a registered meterpoint could look unknown.
+        """
+        scope = self._pipeline.scope
+        while scope is not None and not scope.ready:
+            await self._clock.sleep(0.05)
         self._loop = asyncio.get_running_loop()
         self._subscribed.clear()
         self._buffer = buffer = self._buffer_factory()

@@ -18,6 +18,7 @@ from services.collection.adapters.lag import total_lag
 from services.collection.app import build_parts, create_admission, create_app
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 from tests.tenants import TENANT_A
+from tests.unit.collection.scoping import assigned_view
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 READING = {
@@ -82,6 +83,7 @@ async def test_rest_clients_wait_longer_while_the_read_side_lags() -> None:
         clock=clock,
         wall_clock=lambda: NOW,
         admission_signal=lambda: pressure[0],
+        scope_view=assigned_view(str(READING["meterpoint_id"]), source="hes-north"),
     )
     headers = {"X-API-Key": writer.plain_key}
     async with app.router.lifespan_context(app):

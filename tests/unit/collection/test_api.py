@@ -24,7 +24,8 @@ from services.collection.adapters.kafka import PublishFailed
 from services.collection.app import create_app
 from services.collection.entrypoints.api import read_body
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
-from tests.tenants import TENANT_A
+from tests.tenants import TENANT_A, TENANT_B
+from tests.unit.collection.scoping import assigned_view
 
 METERPOINT = "571313180400000025"
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -91,6 +92,7 @@ async def service() -> AsyncIterator[Service]:
         readiness_checks=[],
         registry=registry,
         wall_clock=lambda: NOW,
+        scope_view=assigned_view(METERPOINT, source="hes-north"),
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
