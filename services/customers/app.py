@@ -100,6 +100,7 @@ async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
     parts.store = store = PostgresCustomerStore(
         pool,
         topic=settings.events_topic,
+        meterpoints_topic=settings.meterpoints_topic,
         source=settings.event_source,
         acquire_timeout=settings.postgres_acquire_timeout,
     )

@@ -3,6 +3,10 @@
 Input arrives as raw strings (from the SOAP codec); the functions here validate and normalise them into typed
 values or raise `InvalidRequest` listing every violation at once, so a caller fixes a request in one round trip.
 Field names in violations are the element paths of the WSDL (``contact.address.postcode``).
+
+Every customer belongs to one grid company (``grid_company``, the tenant), the one of the client that registered
+it; customers from before tenancy belong to none and only the platform sees them. Whether a caller sees a record
+is `libs.platform.tenancy.Principal.sees`, and a record it does not see is answered like one that does not exist.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from datetime import date
 
 from libs.events.customers import CustomerKind
 from libs.events.gsrn import GSRN_LENGTH, gsrn_check_digit
+from libs.events.parties import eic_check_character, gln_check_digit, is_valid_eic, is_valid_gln
+from libs.platform.tenancy import Principal
 
 CUSTOMER_ID_PREFIX = "C-"
 CUSTOMER_ID_PATTERN = re.compile(r"C-[0-9]{6,12}")
@@ -93,6 +99,12 @@ class NotFound(DomainError):
     reason = "not_found"
 
 
+class NotAllowed(DomainError):
+    """The caller's role or grid company does not allow this (Client.Authorization); never says whether an id exists."""
+
+    reason = "not_allowed"
+
+
 class Conflict(DomainError):
     """The request contradicts the current state (stale version, overlapping period)."""
 
@@ -135,6 +147,8 @@ class Customer:
     customer_id: str
     details: CustomerDetails
     version: int
+    grid_company: str | None = None
+    """The tenant that owns the customer; None for customers registered before tenancy (platform only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +191,8 @@ class DetailsInput:
 @dataclass(frozen=True, slots=True)
 class RegisterCustomer:
     details: CustomerDetails
+    grid_company: str | None = None
+    """The owner asked for: None means the caller's own grid company (the platform must name one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +205,8 @@ class UpdateCustomer:
     customer_id: str
     expected_version: int
     details: CustomerDetails
+    grid_company: str | None = None
+    """None keeps the owner; another owner only the platform may give (e.g. to adopt a customer from before tenancy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +398,40 @@ def validate_meterpoint_id(value: str, field: str = "meterpointId") -> str:
     return gsrn
 
 
+def validate_grid_company(value: str, field: str = "gridCompany") -> str:
+    """A market participant id (GLN-13 or EIC-16) with a correct check character; the message says which is wrong."""
+    text = value.strip()
+    if len(text) == 13 and text.isascii() and text.isdigit():
+        if not is_valid_gln(text):
+            expected = gln_check_digit(text[:12])
+            message = f"GLN check digit is {text[12]} but the GS1 mod-10 check digit of the first 12 is {expected}"
+            raise InvalidRequest([Violation(field, message)])
+        return text
+    if len(text) == 16 and not is_valid_eic(text):
+        try:
+            expected_char = eic_check_character(text[:15])
+        except ValueError:
+            raise InvalidRequest([Violation(field, "an EIC has only 0-9, A-Z and '-'")]) from None
+        message = f"EIC check character is {text[15]!r} but the first 15 characters give {expected_char!r}"
+        raise InvalidRequest([Violation(field, message)])
+    if not is_valid_eic(text):
+        raise InvalidRequest([Violation(field, "must be a grid company's GLN-13 or EIC-16 (market participant id)")])
+    return text
+
+
+def owning_tenant(caller: Principal, requested: str | None, field: str = "gridCompany") -> str:
+    """The grid company a new record belongs to: the caller's own; the platform names one, nobody names another."""
+    if requested is None:
+        if caller.tenant is None:
+            raise InvalidRequest([Violation(field, "the platform operator names the grid company of the record")])
+        return caller.tenant
+    if not caller.is_platform and requested != caller.tenant:
+        raise NotAllowed(
+            f"client {caller.name} acts for grid company {caller.tenant} only", reason="other_grid_company"
+        )
+    return requested
+
+
 def parse_date(value: str, field: str) -> date:
     """A calendar date ``YYYY-MM-DD`` (the schema checks the shape; this catches impossible days)."""
     try:
@@ -415,8 +467,12 @@ def customer_search(name: str | None, postcode: str | None, page_number: int, pa
 # --- rules on state -----------------------------------------------------------------------------------------------
 
 
-def apply_update(current: Customer, expected_version: int, details: CustomerDetails) -> Customer | None:
-    """The customer after the update, or None when nothing changes; `Conflict` when the version is stale."""
+def apply_update(
+    current: Customer, expected_version: int, details: CustomerDetails, grid_company: str | None = None
+) -> Customer | None:
+    """The customer after the update, or None when nothing changes; `Conflict` when the version is stale.
+
+    ``grid_company`` None keeps the owner (the caller checked it may give another one)."""
     if current.version != expected_version:
         raise Conflict(
             f"customer {current.customer_id} is at version {current.version}, not {expected_version}; "
@@ -424,9 +480,10 @@ def apply_update(current: Customer, expected_version: int, details: CustomerDeta
             reason="version_conflict",
             current_version=current.version,
         )
-    if current.details == details:
+    owner = current.grid_company if grid_company is None else grid_company
+    if current.details == details and current.grid_company == owner:
         return None
-    return Customer(current.customer_id, details, current.version + 1)
+    return Customer(current.customer_id, details, current.version + 1, owner)
 
 
 def new_link(candidate: MeterpointLink, existing: Iterable[MeterpointLink]) -> MeterpointLink | None:

@@ -1,7 +1,12 @@
-"""One plain function per command: the command first, the store by name; every change and its events commit together.
+"""One plain function per command: the command first, then the store and the caller; a change and its events commit
+together.
 
 The store is a port (`CustomerStore`); the PostgreSQL adapter implements it. A unit of work is one database
 transaction: the state change and its events (written to the outbox) commit together or not at all.
+
+The caller (a `Principal`: role and grid company) scopes every command: a customer or meterpoint it does not see
+(`Principal.sees`) raises exactly the `NotFound` of an id that does not exist, so nobody learns another grid
+company's ids by probing. Whether the caller's role may run the operation at all is checked before (soap.py).
 """
 
 from __future__ import annotations
@@ -9,19 +14,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import date
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from libs.events import Address as EventAddress
-from libs.events import Contact as EventContact
 from libs.events import (
+    Connection,
     CustomerRegistered,
     CustomerUpdated,
+    DataSource,
     EventData,
     MeterpointLinked,
+    MeterpointRegistered,
     MeterpointUnlinked,
+    MeterpointUpdated,
 )
+from libs.events import Contact as EventContact
+from libs.platform.tenancy import Principal
 from services.customers.domain import (
     MAX_LINKS_IN_RESPONSE,
+    Conflict,
     Customer,
     CustomerDetails,
     CustomerPage,
@@ -33,6 +44,7 @@ from services.customers.domain import (
     LinkMeterpoint,
     MeterpointHolder,
     MeterpointLink,
+    NotAllowed,
     NotFound,
     RegisterCustomer,
     UnlinkMeterpoint,
@@ -40,7 +52,20 @@ from services.customers.domain import (
     apply_update,
     close_link,
     new_link,
+    owning_tenant,
 )
+from services.customers.registry import (
+    GetMeterpoint,
+    ListMeterpoints,
+    Meterpoint,
+    MeterpointPage,
+    RegisterMeterpoint,
+    UpdateMeterpoint,
+    apply_meterpoint_update,
+    check_registration,
+)
+
+_Owned = TypeVar("_Owned", Customer, Meterpoint)
 
 
 class StoreUnavailable(Exception):
@@ -72,6 +97,20 @@ class UnitOfWork(Protocol):
 
     async def save_move_out(self, link: MeterpointLink) -> None: ...
 
+    async def insert_meterpoint(self, meterpoint: Meterpoint) -> bool:
+        """Store a new meterpoint; False (nothing stored) when its id is registered already."""
+        ...
+
+    async def lock_meterpoint(self, meterpoint_id: str) -> Meterpoint | None:
+        """The meterpoint, locked until commit (its writers, one Kafka key, go one at a time)."""
+        ...
+
+    async def share_meterpoint(self, meterpoint_id: str) -> Meterpoint | None:
+        """The meterpoint, kept from changing until commit (a link reads its grid company)."""
+        ...
+
+    async def save_meterpoint(self, meterpoint: Meterpoint) -> None: ...
+
     async def publish(self, events: Sequence[EventData]) -> None:
         """Write events to the outbox, in this transaction."""
         ...
@@ -86,9 +125,19 @@ class CustomerStore(Protocol):
 
     async def links_of_customer(self, customer_id: str, limit: int) -> list[MeterpointLink]: ...
 
-    async def find_customers(self, search: CustomerSearch) -> tuple[list[Customer], int]: ...
+    async def find_customers(self, search: CustomerSearch, grid_company: str | None) -> tuple[list[Customer], int]:
+        """A page of matches and the total; of one grid company, or of all for None (the platform)."""
+        ...
 
     async def holder_on(self, meterpoint_id: str, day: date) -> MeterpointHolder | None: ...
+
+    async def get_meterpoint(self, meterpoint_id: str) -> Meterpoint | None: ...
+
+    async def list_meterpoints(
+        self, grid_company: str | None, grid_area: str | None, after: str | None, limit: int
+    ) -> list[Meterpoint]:
+        """Up to ``limit`` meterpoints in id order after ``after``; of one grid company, or of all for None."""
+        ...
 
 
 def _contact_event(details: CustomerDetails) -> EventContact:
@@ -107,62 +156,89 @@ def _not_found(customer_id: str) -> NotFound:
     return NotFound(f"there is no customer {customer_id}", reason="customer_not_found")
 
 
-async def register_customer(command: RegisterCustomer, store: CustomerStore) -> Customer:
+def _no_meterpoint(meterpoint_id: str) -> NotFound:
+    return NotFound(f"there is no meterpoint {meterpoint_id}", reason="meterpoint_not_found")
+
+
+def _visible(record: _Owned | None, caller: Principal) -> _Owned | None:
+    """``record`` when the caller may see it; None (as if it did not exist) otherwise."""
+    return record if record is not None and caller.sees(record.grid_company) else None
+
+
+def _may_reassign(caller: Principal, grid_company: str | None, current: str | None) -> None:
+    """Only the platform moves a record to another grid company (or adopts one from before tenancy)."""
+    if grid_company is not None and grid_company != current and not caller.is_platform:
+        message = f"client {caller.name} cannot move records to another grid company"
+        raise NotAllowed(message, reason="other_grid_company")
+
+
+def _customer_event(
+    event_type: type[CustomerRegistered] | type[CustomerUpdated], customer: Customer
+) -> CustomerRegistered | CustomerUpdated:
+    details = customer.details
+    return event_type(
+        customer_id=customer.customer_id,
+        kind=details.kind,
+        name=details.name,
+        contact=_contact_event(details),
+        version=customer.version,
+        grid_company=customer.grid_company,
+    )
+
+
+async def register_customer(command: RegisterCustomer, store: CustomerStore, caller: Principal) -> Customer:
+    owner = owning_tenant(caller, command.grid_company)
     async with store.unit_of_work() as uow:
-        customer = Customer(await uow.new_customer_id(), command.details, version=1)
+        customer = Customer(await uow.new_customer_id(), command.details, version=1, grid_company=owner)
         await uow.insert_customer(customer)
-        details = customer.details
-        event = CustomerRegistered(
-            customer_id=customer.customer_id,
-            kind=details.kind,
-            name=details.name,
-            contact=_contact_event(details),
-            version=customer.version,
-        )
-        await uow.publish([event])
+        await uow.publish([_customer_event(CustomerRegistered, customer)])
     return customer
 
 
-async def get_customer(command: GetCustomer, store: CustomerStore) -> CustomerWithLinks:
-    customer = await store.get_customer(command.customer_id)
+async def get_customer(command: GetCustomer, store: CustomerStore, caller: Principal) -> CustomerWithLinks:
+    customer = _visible(await store.get_customer(command.customer_id), caller)
     if customer is None:
         raise _not_found(command.customer_id)
     links = await store.links_of_customer(command.customer_id, MAX_LINKS_IN_RESPONSE + 1)
     return CustomerWithLinks(customer, tuple(links[:MAX_LINKS_IN_RESPONSE]), len(links) > MAX_LINKS_IN_RESPONSE)
 
 
-async def update_customer(command: UpdateCustomer, store: CustomerStore) -> Customer:
+async def update_customer(command: UpdateCustomer, store: CustomerStore, caller: Principal) -> Customer:
     async with store.unit_of_work() as uow:
-        current = await uow.lock_customer(command.customer_id)
+        current = _visible(await uow.lock_customer(command.customer_id), caller)
         if current is None:
             raise _not_found(command.customer_id)
-        updated = apply_update(current, command.expected_version, command.details)
+        _may_reassign(caller, command.grid_company, current.grid_company)
+        updated = apply_update(current, command.expected_version, command.details, command.grid_company)
         if updated is None:
             return current  # nothing changed: no new version, no event
         await uow.save_customer(updated)
-        details = updated.details
-        event = CustomerUpdated(
-            customer_id=updated.customer_id,
-            kind=details.kind,
-            name=details.name,
-            contact=_contact_event(details),
-            version=updated.version,
-        )
-        await uow.publish([event])
+        await uow.publish([_customer_event(CustomerUpdated, updated)])
     return updated
 
 
-async def find_customers(command: FindCustomers, store: CustomerStore) -> CustomerPage:
+async def find_customers(command: FindCustomers, store: CustomerStore, caller: Principal) -> CustomerPage:
     search = command.search
-    customers, total = await store.find_customers(search)
+    customers, total = await store.find_customers(search, None if caller.is_platform else caller.tenant)
     return CustomerPage(tuple(customers), search.page_number, search.page_size, total)
 
 
-async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore) -> MeterpointLink:
+async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore, caller: Principal) -> MeterpointLink:
     candidate = MeterpointLink(command.customer_id, command.meterpoint_id, command.move_in)
     async with store.unit_of_work() as uow:
-        if await uow.lock_customer(command.customer_id) is None:
+        customer = _visible(await uow.lock_customer(command.customer_id), caller)
+        if customer is None:
             raise _not_found(command.customer_id)
+        meterpoint = _visible(await uow.share_meterpoint(command.meterpoint_id), caller)
+        if meterpoint is None:
+            raise _no_meterpoint(command.meterpoint_id)
+        if meterpoint.grid_company != customer.grid_company:
+            # Only the platform sees both sides of such a pair; a tenant's client never gets here.
+            raise Conflict(
+                f"customer {customer.customer_id} and meterpoint {meterpoint.meterpoint_id} belong to different "
+                "grid companies",
+                reason="other_grid_company",
+            )
         link = new_link(candidate, await uow.links_reaching(command.meterpoint_id, command.move_in))
         if link is None:
             return candidate  # the same link exists already (a retried request)
@@ -172,9 +248,9 @@ async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore) -> Mete
     return link
 
 
-async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore) -> MeterpointLink:
+async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore, caller: Principal) -> MeterpointLink:
     async with store.unit_of_work() as uow:
-        if await uow.lock_customer(command.customer_id) is None:
+        if _visible(await uow.lock_customer(command.customer_id), caller) is None:
             raise _not_found(command.customer_id)
         open_link = await uow.lock_open_link(command.customer_id, command.meterpoint_id)
         if open_link is None:
@@ -192,11 +268,84 @@ async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore) -> 
     return closed
 
 
-async def get_meterpoint_customer(command: GetMeterpointCustomer, store: CustomerStore) -> MeterpointHolder:
+async def get_meterpoint_customer(
+    command: GetMeterpointCustomer, store: CustomerStore, caller: Principal
+) -> MeterpointHolder:
     holder = await store.holder_on(command.meterpoint_id, command.on_date)
-    if holder is None:
+    if holder is None or not caller.sees(holder.customer.grid_company):
         raise NotFound(
             f"nobody holds meterpoint {command.meterpoint_id} on {command.on_date.isoformat()}",
             reason="no_customer_on_date",
         )
     return holder
+
+
+# --- meterpoint master data ---------------------------------------------------------------------------------------
+
+
+def _meterpoint_event(
+    event_type: type[MeterpointRegistered] | type[MeterpointUpdated], meterpoint: Meterpoint
+) -> MeterpointRegistered | MeterpointUpdated:
+    spec = meterpoint.spec
+    source = spec.data_source
+    return event_type(
+        meterpoint_id=meterpoint.meterpoint_id,
+        grid_company=meterpoint.grid_company,
+        grid_area=spec.grid_area,
+        time_zone=spec.time_zone,
+        type=spec.type,
+        neighbour_grid_area=spec.neighbour_grid_area,
+        resolution=spec.resolution,
+        settlement_method=spec.settlement_method,
+        connection=Connection(state=spec.connection_state, since=spec.connection_since),
+        data_source=None if source is None else DataSource(kind=source.kind, id=source.id),
+        version=meterpoint.version,
+    )
+
+
+async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore, caller: Principal) -> Meterpoint:
+    candidate = Meterpoint(command.meterpoint_id, owning_tenant(caller, command.grid_company), command.spec, 1)
+    event = _meterpoint_event(MeterpointRegistered, candidate)  # built first: a record it refuses is never stored
+    async with store.unit_of_work() as uow:
+        if await uow.insert_meterpoint(candidate):
+            await uow.publish([event])
+            return candidate
+        existing = await uow.lock_meterpoint(command.meterpoint_id)
+    if existing is None:  # registered and gone again within this call: nothing deletes meterpoints, so never
+        raise _no_meterpoint(command.meterpoint_id)
+    return check_registration(existing, candidate)
+
+
+async def update_meterpoint(command: UpdateMeterpoint, store: CustomerStore, caller: Principal) -> Meterpoint:
+    async with store.unit_of_work() as uow:
+        current = _visible(await uow.lock_meterpoint(command.meterpoint_id), caller)
+        if current is None:
+            raise _no_meterpoint(command.meterpoint_id)
+        _may_reassign(caller, command.grid_company, current.grid_company)
+        updated = apply_meterpoint_update(current, command.expected_version, command.grid_company, command.spec)
+        if updated is None:
+            return current  # nothing changed: no new version, no event
+        event = _meterpoint_event(MeterpointUpdated, updated)
+        await uow.save_meterpoint(updated)
+        await uow.publish([event])
+    return updated
+
+
+async def get_meterpoint(command: GetMeterpoint, store: CustomerStore, caller: Principal) -> Meterpoint:
+    meterpoint = _visible(await store.get_meterpoint(command.meterpoint_id), caller)
+    if meterpoint is None:
+        raise _no_meterpoint(command.meterpoint_id)
+    return meterpoint
+
+
+async def list_meterpoints(command: ListMeterpoints, store: CustomerStore, caller: Principal) -> MeterpointPage:
+    if caller.is_platform:
+        grid_company = command.grid_company
+    elif command.grid_company not in (None, caller.tenant):
+        return MeterpointPage((), None)  # another grid company's list: nothing of it is visible
+    else:
+        grid_company = caller.tenant
+    found = await store.list_meterpoints(grid_company, command.grid_area, command.after, command.page_size + 1)
+    page = tuple(found[: command.page_size])
+    more = len(found) > command.page_size
+    return MeterpointPage(page, page[-1].meterpoint_id if more else None)

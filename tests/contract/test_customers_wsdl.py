@@ -18,12 +18,21 @@ from lxml import etree
 import services.customers
 from libs.events import with_check_digit
 from services.customers.entrypoints.soap_codec import WSDL_PATH, load_request_schema
-from services.customers.settings import DEV_CLIENTS
-from tests.integration.customers.support import ServiceProcess, fault_detail, person, soap_service
+from tests.integration.customers.support import (
+    ServiceProcess,
+    consumption_point,
+    dev_clients,
+    dev_password,
+    fault_detail,
+    person,
+    soap_service,
+)
+from tests.tenants import TENANT_A
 
 pytestmark = [pytest.mark.postgres]
 
 GSRN = with_check_digit("57131318040000002")
+EXCHANGE_GSRN = with_check_digit("57131318040000917")
 SCHEMA = load_request_schema()
 
 
@@ -44,7 +53,7 @@ async def service(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         "CUSTOMERS_RELAY_ENABLED": "false",
         "CUSTOMERS_POSTGRES_COMMAND_TIMEOUT": "1.0",
         "CUSTOMERS_BOUNDARIES__SOAP_INGRESS": json.dumps(policy),
-        "CUSTOMERS_CLIENTS": json.dumps({name: client.model_dump(mode="json") for name, client in DEV_CLIENTS.items()}),
+        "CUSTOMERS_CLIENTS": json.dumps(dev_clients(a_reader=("reader", TENANT_A))),
     }
     process = ServiceProcess(env, tmp_path_factory.mktemp("customers") / "service.log")
     try:
@@ -84,6 +93,7 @@ def test_every_operation_round_trips(service: ServiceProcess) -> None:
         },
     )
     assert registered.customerId.startswith("C-")
+    assert registered.gridCompany == TENANT_A  # the grid company of the client that registered it
     assert (registered.version, registered.contact.email, registered.contact.phone) == (
         1,
         "drift@fjordvarme.dk",
@@ -92,6 +102,29 @@ def test_every_operation_round_trips(service: ServiceProcess) -> None:
 
     updated = soap.UpdateCustomer(customerId=registered.customerId, expectedVersion=1, **person("Fjordvarme ApS"))
     assert (updated.name, updated.version, updated.kind) == ("Fjordvarme ApS", 2, "person")
+
+    meterpoint = soap.RegisterMeterpoint(**consumption_point(GSRN))
+    assert (meterpoint.meterpointId, meterpoint.gridCompany, meterpoint.version) == (GSRN, TENANT_A, 1)
+    assert (meterpoint.timeZone, meterpoint.dataSource.kind, meterpoint.dataSource.id) == (
+        "Europe/Copenhagen",
+        "head_end",
+        "hes-north",
+    )
+    exchange = consumption_point(
+        EXCHANGE_GSRN, type="exchange", settlementMethod=None, neighbourGridArea="791", resolution="PT1H"
+    )
+    moved = soap.UpdateMeterpoint(
+        **{**consumption_point(GSRN, source=("ftp_partner", "mdm-partner")), "expectedVersion": 1}
+    )
+    assert (moved.version, moved.dataSource.kind) == (2, "ftp_partner")
+    assert soap.GetMeterpoint(meterpointId=GSRN).version == 2
+    soap.RegisterMeterpoint(**exchange)
+    first = soap.ListMeterpoints(pageSize=1)
+    assert ([m.meterpointId for m in first.meterpoint], first.nextAfterMeterpointId) == ([GSRN], GSRN)
+    rest = soap.ListMeterpoints(afterMeterpointId=GSRN, pageSize=1)
+    assert ([m.meterpointId for m in rest.meterpoint], rest.nextAfterMeterpointId) == ([EXCHANGE_GSRN], None)
+    assert rest.meterpoint[0].neighbourGridArea == "791"
+    assert rest.meterpoint[0].settlementMethod is None
 
     linked = soap.LinkMeterpoint(customerId=registered.customerId, meterpointId=GSRN, moveIn="2025-04-01")
     assert (linked.meterpointId, str(linked.moveIn), linked.moveOut) == (GSRN, "2025-04-01", None)
@@ -153,6 +186,12 @@ async def test_every_fault_is_a_typed_soap_fault(service: ServiceProcess, pg_dsn
             "Conflict",
         )
         assert (detail.reason, detail.currentVersion) == ("version_conflict", 1)
+        reader = soap_service(service.soap_url, "a-reader", password=dev_password("billing"))
+        assert reader.GetCustomer(customerId=customer.customerId).customer.customerId == customer.customerId
+        detail = expect_fault(
+            lambda: reader.RegisterMeterpoint(**consumption_point(GSRN)), "Client.Authorization", "Authorization"
+        )
+        assert detail.reason == "role_required"
         intruder = soap_service(service.soap_url, password="wrong")
         expect_fault(
             lambda: intruder.GetCustomer(customerId=customer.customerId), "Client.Authentication", "Authentication"
@@ -192,3 +231,7 @@ def test_faults_use_the_http_status_of_their_kind(service: ServiceProcess) -> No
     assert etree.fromstring(not_found.content).find("{*}Body/{*}Fault/faultcode").text == "soap:Client.NotFound"
     anonymous = httpx.post(service.soap_url, content=envelope)
     assert anonymous.status_code == 401
+    update = envelope.replace("GetCustomer>", "UpdateCustomer>")
+    forbidden = httpx.post(service.soap_url, content=update, auth=("a-reader", "billing-dev-only-password"))
+    assert forbidden.status_code == 403  # authenticated, but the role may not write
+    assert etree.fromstring(forbidden.content).find("{*}Body/{*}Fault/faultcode").text == "soap:Client.Authorization"

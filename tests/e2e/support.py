@@ -68,6 +68,15 @@ class CustomerCentre:
         address = {"street": "Nørregade 7", "postcode": "8000", "city": "Aarhus C", "country": "DK"}
         contact = {"email": f"{secrets.token_hex(4)}@example.dk", "address": address}
         customer = self._service.RegisterCustomer(kind="person", name=name, contact=contact)
+        # A link needs the meterpoint in the registry, in the run's grid company (no source assigned here).
+        self._service.RegisterMeterpoint(
+            meterpointId=meterpoint_id,
+            gridArea="804",
+            type="consumption",
+            resolution="PT15M",
+            settlementMethod="flex",
+            connection={"state": "connected", "since": move_in},
+        )
         self._service.LinkMeterpoint(customerId=customer.customerId, meterpointId=meterpoint_id, moveIn=move_in)
         return str(customer.customerId)
 

@@ -7,8 +7,14 @@ client system. The same `Quota` and `Bulkhead` objects (built by `build_boundary
 metrics) are used directly, and their refusals become Server.Busy faults with 429 or 503 and ``Retry-After``.
 
 HTTP status codes: 500 for faults about the request or the data (SOAP 1.1 / WS-I Basic Profile), 401 for
-missing credentials, 413 for a body over the limit, 429 for a spent quota, 503 for a full bulkhead or an
+missing credentials, 403 for a role that may not run the operation or a record of another grid company named in a
+write (Client.Authorization), 413 for a body over the limit, 429 for a spent quota, 503 for a full bulkhead or an
 unavailable database.
+
+Each operation declares the role it needs (`OPERATIONS`): reads ``reader``; customer changes and move-ins
+``operator`` (the customer centre's daily work); meterpoint master data ``admin`` (it decides who may deliver
+readings, so it is the grid company's administrators' part). The check runs right after the operation is known
+and before its payload is validated, so a caller without the role learns nothing about its request.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from starlette.responses import Response
 from libs.flowcontrol.errors import BulkheadFull, QuotaExceeded, Refused
 from libs.flowcontrol.policy import Boundary
 from libs.platform.logging import get_correlation_id
+from libs.platform.tenancy import Principal, Role
 from services.customers import handlers
 from services.customers.auth import AuthenticationFailed, ClientAuthenticator
-from services.customers.domain import Conflict, DomainError, InvalidRequest, NotFound
+from services.customers.domain import Conflict, DomainError, InvalidRequest, NotAllowed, NotFound
 from services.customers.entrypoints import soap_codec
 from services.customers.entrypoints.soap_xml import (
     CONTENT_TYPE,
@@ -56,35 +63,69 @@ _SOAP_ACTION_PREFIX = f"{TNS}#"
 
 @dataclass(frozen=True)
 class Operation(Generic[C, R]):
-    """One WSDL operation: payload -> command -> handler -> result -> payload."""
+    """One WSDL operation: the role it needs, and payload -> command -> handler (with the caller) -> payload."""
 
+    role: Role
     decode: Callable[[etree._Element], C]
-    handle: Callable[[C, CustomerStore], Awaitable[R]]
+    handle: Callable[[C, CustomerStore, Principal], Awaitable[R]]
     encode: Callable[[R], etree._Element]
 
-    async def run(self, payload: etree._Element, store: CustomerStore) -> etree._Element:
-        return self.encode(await self.handle(self.decode(payload), store))
+    async def run(self, payload: etree._Element, store: CustomerStore, caller: Principal) -> etree._Element:
+        return self.encode(await self.handle(self.decode(payload), store, caller))
 
 
 OPERATIONS: dict[str, Operation[Any, Any]] = {
     "RegisterCustomer": Operation(
-        soap_codec.decode_register, handlers.register_customer, soap_codec.encode_customer_response("RegisterCustomer")
+        Role.OPERATOR,
+        soap_codec.decode_register,
+        handlers.register_customer,
+        soap_codec.encode_customer_response("RegisterCustomer"),
     ),
     "GetCustomer": Operation(
-        soap_codec.decode_get_customer, handlers.get_customer, soap_codec.encode_customer_with_links
+        Role.READER, soap_codec.decode_get_customer, handlers.get_customer, soap_codec.encode_customer_with_links
     ),
     "UpdateCustomer": Operation(
-        soap_codec.decode_update, handlers.update_customer, soap_codec.encode_customer_response("UpdateCustomer")
+        Role.OPERATOR,
+        soap_codec.decode_update,
+        handlers.update_customer,
+        soap_codec.encode_customer_response("UpdateCustomer"),
     ),
-    "FindCustomers": Operation(soap_codec.decode_find, handlers.find_customers, soap_codec.encode_page),
+    "FindCustomers": Operation(Role.READER, soap_codec.decode_find, handlers.find_customers, soap_codec.encode_page),
     "LinkMeterpoint": Operation(
-        soap_codec.decode_link, handlers.link_meterpoint, soap_codec.encode_link_response("LinkMeterpoint")
+        Role.OPERATOR,
+        soap_codec.decode_link,
+        handlers.link_meterpoint,
+        soap_codec.encode_link_response("LinkMeterpoint"),
     ),
     "UnlinkMeterpoint": Operation(
-        soap_codec.decode_unlink, handlers.unlink_meterpoint, soap_codec.encode_link_response("UnlinkMeterpoint")
+        Role.OPERATOR,
+        soap_codec.decode_unlink,
+        handlers.unlink_meterpoint,
+        soap_codec.encode_link_response("UnlinkMeterpoint"),
     ),
     "GetMeterpointCustomer": Operation(
-        soap_codec.decode_meterpoint_customer, handlers.get_meterpoint_customer, soap_codec.encode_holder
+        Role.READER, soap_codec.decode_meterpoint_customer, handlers.get_meterpoint_customer, soap_codec.encode_holder
+    ),
+    "RegisterMeterpoint": Operation(
+        Role.ADMIN,
+        soap_codec.decode_register_meterpoint,
+        handlers.register_meterpoint,
+        soap_codec.encode_meterpoint_response("RegisterMeterpoint"),
+    ),
+    "UpdateMeterpoint": Operation(
+        Role.ADMIN,
+        soap_codec.decode_update_meterpoint,
+        handlers.update_meterpoint,
+        soap_codec.encode_meterpoint_response("UpdateMeterpoint"),
+    ),
+    "GetMeterpoint": Operation(
+        Role.READER,
+        soap_codec.decode_get_meterpoint,
+        handlers.get_meterpoint,
+        soap_codec.encode_meterpoint_response("GetMeterpoint"),
+    ),
+    "ListMeterpoints": Operation(
+        Role.READER, soap_codec.decode_list_meterpoints, handlers.list_meterpoints, soap_codec.encode_meterpoint_page
     ),
 }
 
@@ -106,6 +147,8 @@ def to_fault(error: Exception) -> SoapFault:
             return SoapFault("Client.Validation", 500, "Validation", error.reason, error.message, violations)
         case NotFound():
             return SoapFault("Client.NotFound", 500, "NotFound", error.reason, error.message)
+        case NotAllowed():
+            return SoapFault("Client.Authorization", 403, "Authorization", error.reason, error.message)
         case Conflict():
             return SoapFault(
                 "Client.Conflict", 500, "Conflict", error.reason, error.message, current_version=error.current_version
@@ -186,9 +229,10 @@ class SoapEndpoint:
                 body = await self._read_body(request)
                 payload = open_envelope(parse_document(body, max_depth=self._max_depth))
                 operation, handler = self._dispatch(payload, request.headers.get("soapaction"))
+                _authorize(principal, operation, handler.role)
                 soap_codec.check_schema(self._schema, payload)
                 async with asyncio.timeout(self._timeout):
-                    result = await handler.run(payload, self.store)
+                    result = await handler.run(payload, self.store, principal)
             return Response(response_envelope(result), media_type=CONTENT_TYPE)
         except Exception as error:
             fault = to_fault(error)
@@ -282,6 +326,13 @@ class _Permit:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._bulkhead is not None:
             self._bulkhead.release()
+
+
+def _authorize(caller: Principal, operation: str, role: Role) -> None:
+    if not caller.may(role):
+        raise NotAllowed(
+            f"{operation} needs the {role} role; client {caller.name} has {caller.role}", reason="role_required"
+        )
 
 
 def _remote(request: Request) -> str:

@@ -38,9 +38,22 @@ from services.customers.domain import (
     parse_date,
     validate_customer_id,
     validate_details,
+    validate_grid_company,
     validate_meterpoint_id,
 )
 from services.customers.entrypoints.soap_xml import TNS
+from services.customers.registry import (
+    DEFAULT_LIST_PAGE,
+    GetMeterpoint,
+    ListMeterpoints,
+    Meterpoint,
+    MeterpointPage,
+    RegisterMeterpoint,
+    SpecInput,
+    UpdateMeterpoint,
+    validate_list_filters,
+    validate_spec,
+)
 
 WSDL_PATH = Path(__file__).resolve().parents[3] / "contracts" / "wsdl" / "customers.wsdl"
 """The WSDL the service validates against and serves byte for byte (``services/customers/entrypoints`` -> root)."""
@@ -134,8 +147,15 @@ def _validated(*checks: Callable[[], Any]) -> list[Any]:
     return results
 
 
+def _grid_company(payload: etree._Element) -> str | None:
+    """The optional gridCompany element, validated (None when absent)."""
+    value = _text(payload, "gridCompany")
+    return None if value is None else validate_grid_company(value)
+
+
 def decode_register(payload: etree._Element) -> RegisterCustomer:
-    return RegisterCustomer(validate_details(_details(payload)))
+    details, grid_company = _validated(lambda: validate_details(_details(payload)), lambda: _grid_company(payload))
+    return RegisterCustomer(details, grid_company)
 
 
 def decode_get_customer(payload: etree._Element) -> GetCustomer:
@@ -143,11 +163,12 @@ def decode_get_customer(payload: etree._Element) -> GetCustomer:
 
 
 def decode_update(payload: etree._Element) -> UpdateCustomer:
-    customer_id, details = _validated(
+    customer_id, details, grid_company = _validated(
         lambda: validate_customer_id(_required(payload, "customerId")),
         lambda: validate_details(_details(payload)),
+        lambda: _grid_company(payload),
     )
-    return UpdateCustomer(customer_id, int(_required(payload, "expectedVersion")), details)
+    return UpdateCustomer(customer_id, int(_required(payload, "expectedVersion")), details, grid_company)
 
 
 def decode_find(payload: etree._Element) -> FindCustomers:
@@ -186,6 +207,60 @@ def decode_meterpoint_customer(payload: etree._Element) -> GetMeterpointCustomer
     return GetMeterpointCustomer(meterpoint_id, on_date)
 
 
+def _spec_input(payload: etree._Element) -> SpecInput:
+    return SpecInput(
+        grid_area=_required(payload, "gridArea"),
+        time_zone=_text(payload, "timeZone"),
+        type=_required(payload, "type"),
+        neighbour_grid_area=_text(payload, "neighbourGridArea"),
+        resolution=_required(payload, "resolution"),
+        settlement_method=_text(payload, "settlementMethod"),
+        connection_state=_required(payload, "connection", "state"),
+        connection_since=_required(payload, "connection", "since"),
+        data_source_kind=_text(payload, "dataSource", "kind"),
+        data_source_id=_text(payload, "dataSource", "id"),
+    )
+
+
+def _meterpoint_parts(payload: etree._Element) -> list[Any]:
+    """Meterpoint id, requested grid company and fields, with every violation of the three listed at once."""
+    raw_id = _required(payload, "meterpointId").strip()
+    return _validated(
+        lambda: validate_meterpoint_id(raw_id),
+        lambda: _grid_company(payload),
+        lambda: validate_spec(raw_id, _spec_input(payload)),
+    )
+
+
+def decode_register_meterpoint(payload: etree._Element) -> RegisterMeterpoint:
+    meterpoint_id, grid_company, spec = _meterpoint_parts(payload)
+    return RegisterMeterpoint(meterpoint_id, grid_company, spec)
+
+
+def decode_update_meterpoint(payload: etree._Element) -> UpdateMeterpoint:
+    meterpoint_id, grid_company, spec = _meterpoint_parts(payload)
+    return UpdateMeterpoint(meterpoint_id, int(_required(payload, "expectedVersion")), grid_company, spec)
+
+
+def decode_get_meterpoint(payload: etree._Element) -> GetMeterpoint:
+    return GetMeterpoint(validate_meterpoint_id(_required(payload, "meterpointId")))
+
+
+def decode_list_meterpoints(payload: etree._Element) -> ListMeterpoints:
+    page_size = _int(payload, "pageSize", DEFAULT_LIST_PAGE)
+    grid_company, grid_area, after = _validated(
+        lambda: _grid_company(payload),
+        lambda: validate_list_filters(_text(payload, "gridArea"), page_size),
+        lambda: _optional_meterpoint_id(payload, "afterMeterpointId"),
+    )
+    return ListMeterpoints(grid_company, grid_area, after, page_size)
+
+
+def _optional_meterpoint_id(payload: etree._Element, name: str) -> str | None:
+    value = _text(payload, name)
+    return None if value is None else validate_meterpoint_id(value, name)
+
+
 # --- writing results ----------------------------------------------------------------------------------------------
 
 
@@ -213,6 +288,7 @@ def _customer(parent: etree._Element, customer: Customer, name: str = "customer"
     _add(address, "city", details.contact.address.city)
     _add(address, "country", details.contact.address.country)
     _add(node, "version", str(customer.version))
+    _add(node, "gridCompany", customer.grid_company)
 
 
 def _date(day: date | None) -> str | None:
@@ -268,4 +344,42 @@ def encode_holder(holder: MeterpointHolder) -> etree._Element:
     root = _root("GetMeterpointCustomerResponse")
     _customer(root, holder.customer)
     _link(root, holder.link)
+    return root
+
+
+def _meterpoint(parent: etree._Element, meterpoint: Meterpoint) -> None:
+    spec = meterpoint.spec
+    node = etree.SubElement(parent, _q("meterpoint"))
+    _add(node, "meterpointId", meterpoint.meterpoint_id)
+    _add(node, "gridCompany", meterpoint.grid_company)
+    _add(node, "gridArea", spec.grid_area)
+    _add(node, "timeZone", spec.time_zone)
+    _add(node, "type", spec.type.value)
+    _add(node, "neighbourGridArea", spec.neighbour_grid_area)
+    _add(node, "resolution", spec.resolution.value)
+    _add(node, "settlementMethod", None if spec.settlement_method is None else spec.settlement_method.value)
+    connection = etree.SubElement(node, _q("connection"))
+    _add(connection, "state", spec.connection_state.value)
+    _add(connection, "since", spec.connection_since.isoformat())
+    if spec.data_source is not None:
+        source = etree.SubElement(node, _q("dataSource"))
+        _add(source, "kind", spec.data_source.kind.value)
+        _add(source, "id", spec.data_source.id)
+    _add(node, "version", str(meterpoint.version))
+
+
+def encode_meterpoint_response(operation: str) -> Callable[[Meterpoint], etree._Element]:
+    def encode(meterpoint: Meterpoint) -> etree._Element:
+        root = _root(f"{operation}Response")
+        _meterpoint(root, meterpoint)
+        return root
+
+    return encode
+
+
+def encode_meterpoint_page(page: MeterpointPage) -> etree._Element:
+    root = _root("ListMeterpointsResponse")
+    for meterpoint in page.meterpoints:
+        _meterpoint(root, meterpoint)
+    _add(root, "nextAfterMeterpointId", page.next_after)
     return root

@@ -48,6 +48,22 @@ def person(name: str = "Mette Hansen", email: str | None = "mette@example.dk") -
     return {"kind": "person", "name": name, "contact": {"email": email, "address": dict(AARHUS)}}
 
 
+def consumption_point(
+    meterpoint_id: str, *, source: tuple[str, str] | None = ("head_end", "hes-north"), **changes: Any
+) -> dict[str, Any]:
+    """RegisterMeterpoint arguments for a connected 15-minute consumption point in grid area 804 (``changes`` win)."""
+    arguments: dict[str, Any] = {
+        "meterpointId": meterpoint_id,
+        "gridArea": "804",
+        "type": "consumption",
+        "resolution": "PT15M",
+        "settlementMethod": "flex",
+        "connection": {"state": "connected", "since": "2024-06-01"},
+        "dataSource": None if source is None else {"kind": source[0], "id": source[1]},
+    }
+    return {**arguments, **changes}
+
+
 def dev_password(client: str) -> str:
     """The dev-only password of a dev client system (see ``settings.DEV_CLIENTS``)."""
     return f"{client}-dev-only-password"
@@ -126,6 +142,18 @@ class ServiceProcess:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def dev_clients(**extra: tuple[str, str | None]) -> dict[str, Any]:
+    """``CUSTOMERS_CLIENTS`` entries: the dev clients plus ``name=(role, tenant)`` ones, each with the password of
+    the dev client billing (``billing-dev-only-password``), so tests pay for no scrypt hashing of their own."""
+    from services.customers.settings import DEV_CLIENTS
+
+    clients: dict[str, Any] = {name: client.model_dump(mode="json") for name, client in DEV_CLIENTS.items()}
+    billing_hash = DEV_CLIENTS["billing"].password_hash
+    for name, (role, tenant) in extra.items():
+        clients[name.replace("_", "-")] = {"password_hash": billing_hash, "role": role, "tenant": tenant}
+    return clients
 
 
 def soap_service(address: str, client: str = "billing", password: str | None = None) -> Any:

@@ -13,7 +13,7 @@ import zeep
 
 from libs.events import with_check_digit
 from services.customers.settings import CustomersSettings
-from tests.integration.customers.support import fault_detail, in_process_soap, person, running_app
+from tests.integration.customers.support import consumption_point, fault_detail, in_process_soap, person, running_app
 
 pytestmark = [pytest.mark.postgres]
 
@@ -28,6 +28,7 @@ async def test_overlapping_links_are_refused_and_dates_answer_who_is_there(
     settings_for: Callable[..., CustomersSettings],
 ) -> None:
     async with running_app(settings_for()) as app, in_process_soap(app) as soap:
+        await soap.RegisterMeterpoint(**consumption_point(GSRN))
         first = await soap.RegisterCustomer(**person("Mette Hansen"))
         second = await soap.RegisterCustomer(**person("Jens Holm"))
         await soap.LinkMeterpoint(customerId=first.customerId, meterpointId=GSRN, moveIn="2025-01-01")
@@ -63,6 +64,7 @@ async def test_of_concurrent_links_to_one_meterpoint_exactly_one_wins(
     settings_for: Callable[..., CustomersSettings], pg_schema: str, pg_dsn: str
 ) -> None:
     async with running_app(settings_for()) as app, in_process_soap(app) as soap:
+        await soap.RegisterMeterpoint(**consumption_point(GSRN))
         customers = [await soap.RegisterCustomer(**person(f"Customer {n}")) for n in range(6)]
         outcomes = await asyncio.gather(
             *(

@@ -23,9 +23,10 @@ from libs.events.schemas import CONTRACTS_DIR, schema_file_name
 from services.customers import handlers
 from services.customers.adapters.postgres import PostgresCustomerStore
 from services.customers.domain import DetailsInput, RegisterCustomer, validate_details
-from services.customers.settings import CustomersSettings
+from services.customers.settings import DEV_CLIENTS, CustomersSettings
 from tests.integration.customers.support import (
     ServiceProcess,
+    consumption_point,
     in_process_soap,
     person,
     running_app,
@@ -100,6 +101,8 @@ async def test_events_committed_before_a_kill_are_published_after_the_restart(
         "CUSTOMERS_POSTGRES_DSN": pg_dsn,
         "CUSTOMERS_POSTGRES_SCHEMA": pg_schema,
         "CUSTOMERS_EVENTS_TOPIC": topic,
+        # The meterpoint registered for the links publishes too: into a topic of this test, not meterpoints.v1.
+        "CUSTOMERS_METERPOINTS_TOPIC": await new_topic("meterpoints"),
         "GRIDHUB_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "CUSTOMERS_RELAY_POLL_INTERVAL": "0.5",
     }
@@ -110,6 +113,7 @@ async def test_events_committed_before_a_kill_are_published_after_the_restart(
         soap = soap_service(service.soap_url)
 
         def changes() -> list[str]:
+            soap.RegisterMeterpoint(**consumption_point(GSRN))
             mette = soap.RegisterCustomer(**person("Mette Hansen"))
             jens = soap.RegisterCustomer(**person("Jens Holm"))
             soap.UpdateCustomer(customerId=mette.customerId, expectedVersion=1, **person("Mette Holm"))
@@ -193,13 +197,18 @@ async def test_refused_and_rolled_back_requests_publish_nothing(
 ) -> None:
     topic = await new_topic("customers")
     settings = settings_for(
-        relay_enabled=True, events_topic=topic, kafka_bootstrap_servers=kafka_bootstrap, relay_poll_interval=0.5
+        relay_enabled=True,
+        events_topic=topic,
+        meterpoints_topic=await new_topic("meterpoints"),
+        kafka_bootstrap_servers=kafka_bootstrap,
+        relay_poll_interval=0.5,
     )
     async with (
         running_app(settings) as app,
         in_process_soap(app) as soap,
         consumer_of(kafka_bootstrap, topic) as consumer,
     ):
+        await soap.RegisterMeterpoint(**consumption_point(GSRN))
         mette = await soap.RegisterCustomer(**person("Mette Hansen"))
         jens = await soap.RegisterCustomer(**person("Jens Holm"))
         await soap.LinkMeterpoint(customerId=mette.customerId, meterpointId=GSRN, moveIn="2025-04-01")
@@ -235,7 +244,8 @@ async def test_refused_and_rolled_back_requests_publish_nothing(
             mette.customerId: ["customer.registered", "meterpoint.linked"],
             jens.customerId: ["customer.registered", "customer.updated"],
         }
-        assert await app.state.pool.fetchval("SELECT count(*) FROM outbox") == 4
+        # Four customer events and the meterpoint's registration (on its own topic).
+        assert await app.state.pool.fetchval("SELECT count(*) FROM outbox") == 5
         assert await app.state.pool.fetchval("SELECT name FROM customers WHERE customer_id = $1", jens.customerId) == (
             "Jens Marker"
         )
@@ -251,6 +261,8 @@ async def test_a_unit_of_work_that_fails_after_writing_events_leaves_neither_sta
             DetailsInput("person", "Mette Hansen", None, None, "Vestergade 12", "8000", "Aarhus C", "DK")
         )
         with pytest.raises(RuntimeError, match="after the outbox write"):
-            await handlers.register_customer(RegisterCustomer(details), store)
+            await handlers.register_customer(
+                RegisterCustomer(details), store, DEV_CLIENTS["billing"].principal("billing")
+            )
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         assert await pool.fetchval("SELECT count(*) FROM customers") == 0

@@ -16,6 +16,7 @@ from libs.flowcontrol.breaker import BreakerState
 from libs.flowcontrol.policy import BoundaryPolicy, BreakerSettings, BulkheadSettings
 from libs.platform.apikeys import Role
 from services.workorders.settings import Boundaries, WorkordersSettings
+from tests.integration.customers.support import consumption_point
 from tests.integration.workorders.conftest import Running, auth
 from tests.integration.workorders.support import CountingTransport, CustomersProcess, new_meterpoint, wait_for
 
@@ -47,6 +48,8 @@ async def register_at(customers: CustomersProcess, meterpoint: str, name: str) -
             kind="person", name=name, contact={"email": "kunde@example.dk", "address": address}
         )
         customer_id = str(reply.customerId if hasattr(reply, "customerId") else reply.customer.customerId)
+        # A link needs the meterpoint in the registry (of billing's grid company); registering again is a no-op.
+        soap.RegisterMeterpoint(**consumption_point(meterpoint, source=None))
         soap.LinkMeterpoint(customerId=customer_id, meterpointId=meterpoint, moveIn=date.today() - timedelta(days=400))
         return customer_id
 
