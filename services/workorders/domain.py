@@ -197,6 +197,9 @@ class WorkOrder:
     new_meter_serial: str | None = None
     cancel_reason: str | None = None
     cancelled_at: datetime | None = None
+    grid_company: str | None = None
+    """The tenant: the grid company owning the meterpoint (its master data); None until that is known, when only
+    the platform role sees the order."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,10 @@ from libs.events import (
     WorkOrderStatus,
     WorkOrderType,
 )
+from libs.events.gsrn import is_valid_gsrn
+from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated
 from libs.flowcontrol.errors import Refused
+from libs.platform.tenancy import Principal
 from services.workorders import domain
 from services.workorders.domain import Command, Customer, CustomerInfo, OpenWorkOrder, Rules, WorkOrder
 from services.workorders.metrics import WorkordersMetrics
@@ -45,7 +48,7 @@ Versions = frozenset[int] | None
 
 
 class NotFound(LookupError):
-    """No work order with that id."""
+    """No work order with that id, or none the caller may see (the same answer: no enumeration)."""
 
     def __init__(self, work_order_id: str) -> None:
         super().__init__(f"there is no work order {work_order_id}")
@@ -171,16 +174,19 @@ class WorkOrderStore(Protocol):
     Every write of an order puts its event into the outbox in the same transaction.
     """
 
-    async def get(self, work_order_id: str) -> WorkOrder | None: ...
-    async def page(self, query: ListQuery) -> Page: ...
+    # ``tenant``: the caller's grid company, None for the platform role (every order, owned or not yet).
+    async def get(self, work_order_id: str, tenant: str | None) -> WorkOrder | None: ...
+    async def page(self, query: ListQuery, tenant: str | None) -> Page: ...
     async def find_claim(self, client: str, key: str) -> tuple[str, WorkOrder | None] | None: ...
-    async def create(self, build: Build, claim: IdempotencyClaim | None) -> WorkOrder: ...
+    async def meterpoint_owner(self, meterpoint_id: str) -> str | None: ...
+    async def create(self, build: Build, claim: IdempotencyClaim | None, grid_company: str | None) -> WorkOrder: ...
     async def create_for_alarm(
         self, alarm: MeterAlarmRaised, build: Build, limit: AlarmLimit, now: datetime
     ) -> AlarmResult: ...
-    async def change(self, work_order_id: str, expected: Versions, change: Change) -> WorkOrder: ...
+    async def change(self, work_order_id: str, expected: Versions, change: Change, tenant: str | None) -> WorkOrder: ...
     async def replica_customer(self, meterpoint_id: str, on: date) -> Customer | None: ...
     async def apply_customer_event(self, event: CloudEvent[Any]) -> None: ...
+    async def apply_meterpoint_event(self, event: CloudEvent[Any]) -> None: ...
     async def pending_enrichment(self, limit: int) -> list[PendingEnrichment]: ...
     async def enrich(self, work_order_id: str, customer: CustomerInfo) -> bool: ...
     async def postpone_enrichment(self, work_order_id: str, delay: timedelta) -> None: ...
@@ -213,6 +219,21 @@ class Context:
         return moment.astimezone(self.timezone).date()
 
 
+def tenant_of(caller: Principal) -> str | None:
+    """The grid company a caller's orders are limited to; None for the platform role (every tenant)."""
+    if caller.is_platform:
+        return None
+    # Every other role has a tenant (Principal refuses one without), so None never widens a scope by mistake.
+    assert caller.tenant is not None
+    return caller.tenant
+
+
+def idempotency_client(caller: Principal) -> str:
+    """Whose Idempotency-Keys a caller shares: its client system within its tenant (two grid companies may each
+    have a client called ``planning``; a replay must never hand one the other's order)."""
+    return f"{caller.tenant or 'platform'}/{caller.name}"
+
+
 def request_hash(command: OpenWorkOrder) -> str:
     """The fingerprint of a create request: its validated content, not its bytes (whitespace does not count)."""
     body = {"meterpoint_id": command.meterpoint_id, "type": str(command.type), "description": command.description}
@@ -231,16 +252,28 @@ async def look_up_customer(ctx: Context, meterpoint_id: str, on: date) -> Custom
     return CustomerInfo.known(customer, ctx.now())
 
 
-async def create_work_order(ctx: Context, command: OpenWorkOrder, claim: IdempotencyClaim | None) -> Created:
+async def create_work_order(
+    ctx: Context, command: OpenWorkOrder, claim: IdempotencyClaim | None, caller: Principal
+) -> Created:
     """Open a work order; a retried request (same client and key, same content) returns the first order.
 
-    The customers service is asked before the transaction (never hold a transaction across a network call); a
-    replay found at that point skips the call.
+    The order belongs to the grid company that owns the meterpoint: a tenant's caller may open orders only at its
+    own meterpoints (another grid company's and an unknown one are refused alike, as a rule on ``meterpoint_id``);
+    the platform may open one at a meterpoint not registered yet (its tenant is filled in when it is). The
+    customers service is asked before the transaction (never hold a transaction across a network call), and
+    only for a meterpoint the caller may use; a replay found at that point skips the call.
     """
     if claim is not None:
         replay = await _replay(ctx, claim)
         if replay is not None:
             return replay
+    grid_company: str | None = None
+    if is_valid_gsrn(command.meterpoint_id):  # an invalid one is refused by the domain's rules below
+        grid_company = await ctx.store.meterpoint_owner(command.meterpoint_id)
+        tenant = tenant_of(caller)
+        if tenant is not None and grid_company != tenant:
+            message = "is not a meterpoint of your grid company (unknown, or its master data has not arrived)"
+            raise domain.InvalidCommand([domain.Violation("meterpoint_id", message)])
     now = ctx.now()
     customer = await look_up_customer(ctx, command.meterpoint_id, ctx.local_date(now))
 
@@ -248,7 +281,7 @@ async def create_work_order(ctx: Context, command: OpenWorkOrder, claim: Idempot
         return domain.open_work_order(work_order_id, command, now=now, customer=customer)
 
     try:
-        order = await ctx.store.create(build, claim)
+        order = await ctx.store.create(build, claim, grid_company)
     except ClaimTaken:
         # A concurrent request with the same key committed first (its insert made ours wait, then give way).
         assert claim is not None
@@ -275,31 +308,34 @@ async def _replay(ctx: Context, claim: IdempotencyClaim) -> Created | None:
     return Created(order, replayed=True)
 
 
-async def get_work_order(ctx: Context, work_order_id: str) -> WorkOrder:
-    """The order, or `NotFound`."""
-    order = await ctx.store.get(work_order_id)
+async def get_work_order(ctx: Context, work_order_id: str, caller: Principal) -> WorkOrder:
+    """The order, or `NotFound` (also for an order of another grid company)."""
+    order = await ctx.store.get(work_order_id, tenant_of(caller))
     if order is None:
         raise NotFound(work_order_id)
     return order
 
 
-async def list_work_orders(ctx: Context, query: ListQuery) -> Page:
-    """A page of orders matching ``query``, newest first."""
-    return await ctx.store.page(query)
+async def list_work_orders(ctx: Context, query: ListQuery, caller: Principal) -> Page:
+    """A page of the caller's orders matching ``query``, newest first."""
+    return await ctx.store.page(query, tenant_of(caller))
 
 
-async def change_work_order(ctx: Context, work_order_id: str, expected: Versions, command: Command) -> WorkOrder:
+async def change_work_order(
+    ctx: Context, work_order_id: str, expected: Versions, command: Command, caller: Principal
+) -> WorkOrder:
     """Perform a transition if the caller holds the current version (``expected`` None: any version).
 
-    Raises `NotFound`, `VersionMismatch` (412), `domain.InvalidTransition` (409) or `domain.InvalidCommand` (422),
-    checked in that order: a precondition is evaluated before the request's semantics (RFC 9110 13.2.2).
+    Raises `NotFound` (also for an order of another grid company), `VersionMismatch` (412),
+    `domain.InvalidTransition` (409) or `domain.InvalidCommand` (422), checked in that order: a precondition is
+    evaluated before the request's semantics (RFC 9110 13.2.2).
     """
     now = ctx.now()
 
     def change(order: WorkOrder) -> tuple[WorkOrder, EventData]:
         return domain.apply(order, command, now=now, rules=ctx.rules)
 
-    order = await ctx.store.change(work_order_id, expected, change)
+    order = await ctx.store.change(work_order_id, expected, change, tenant_of(caller))
     if ctx.metrics is not None:
         ctx.metrics.transitions.labels(domain.action_of(command)).inc()
     return order
@@ -362,6 +398,14 @@ CUSTOMER_EVENTS = (CustomerRegistered, CustomerUpdated, MeterpointLinked, Meterp
 async def on_customer_event(ctx: Context, event: CloudEvent[Any]) -> None:
     """Keep the local replica of customers and who holds which meterpoint (idempotent per event)."""
     await ctx.store.apply_customer_event(event)
+
+
+METERPOINT_EVENTS = (MeterpointRegistered, MeterpointUpdated)
+
+
+async def on_meterpoint_event(ctx: Context, event: CloudEvent[Any]) -> None:
+    """Keep the local view of who owns which meterpoint, and so its orders (idempotent; newest version wins)."""
+    await ctx.store.apply_meterpoint_event(event)
 
 
 @dataclass(frozen=True, slots=True)

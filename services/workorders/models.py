@@ -176,6 +176,11 @@ class WorkOrderOut(BaseModel):
     cancel_reason: str | None = None
     cancelled_at: datetime | None = None
     customer: CustomerOut
+    grid_company: str | None = Field(
+        default=None,
+        description="The grid company that owns the meterpoint and so the order; null while the meterpoint's master "
+        "data has not arrived (then only the platform role sees the order).",
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -215,6 +220,7 @@ class WorkOrderOut(BaseModel):
             cancel_reason=order.cancel_reason,
             cancelled_at=order.cancelled_at,
             customer=customer,
+            grid_company=order.grid_company,
             created_at=order.created_at,
             updated_at=order.updated_at,
         )

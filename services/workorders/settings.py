@@ -85,6 +85,10 @@ class Boundaries(BaseModel):
         delivery=DeliverySettings(max_attempts=4, base_backoff=0.2, max_backoff=2.0),
         bulkhead=BulkheadSettings(max_concurrent=4, retry_after=1.0),
     )
+    workorders_meterpoints_consumer: BoundaryPolicy = BoundaryPolicy(
+        delivery=DeliverySettings(max_attempts=4, base_backoff=0.2, max_backoff=2.0),
+        bulkhead=BulkheadSettings(max_concurrent=4, retry_after=1.0),
+    )
 
 
 class WorkordersSettings(ServiceSettings):
@@ -112,8 +116,11 @@ class WorkordersSettings(ServiceSettings):
     events_topic: TopicName = topics.WORKORDERS
     meter_events_topic: TopicName = topics.METER_EVENTS
     customers_topic: TopicName = topics.CUSTOMERS
+    # Meterpoint master data (compacted): which grid company (tenant) owns each meterpoint, so its orders.
+    meterpoints_topic: TopicName = topics.METERPOINTS
     consumers_enabled: bool = True
-    # Two groups, <prefix>.meter-events and <prefix>.customers: one consumer per topic, each with its boundary.
+    # Three groups, <prefix>.meter-events, <prefix>.customers and <prefix>.meterpoints: one consumer per topic,
+    # each with its boundary.
     consumer_group_prefix: str = Field(default="workorders", pattern=r"^[A-Za-z0-9._-]{1,200}$")
     consumer_max_records: PositiveInt = 100
     # Alarms that send a crew to look at the meter; the others are read and acknowledged.
@@ -171,8 +178,9 @@ class WorkordersSettings(ServiceSettings):
             raise ValueError("boundaries.customers_soap needs a breaker and a timeout")
         if b.workorders_postgres.breaker is None:
             raise ValueError("boundaries.workorders_postgres needs a breaker")
-        if len({self.events_topic, self.meter_events_topic, self.customers_topic}) != 3:
-            raise ValueError("the events, meter events and customers topics must differ")
+        consumed = {self.events_topic, self.meter_events_topic, self.customers_topic, self.meterpoints_topic}
+        if len(consumed) != 4:
+            raise ValueError("the events, meter events, customers and meterpoints topics must differ")
         return self
 
     @classmethod

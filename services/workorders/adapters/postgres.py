@@ -9,6 +9,7 @@ version (412). Every call runs under the `Database` guard: an outage is a `Refus
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from libs.events import (
     make_event,
     to_record,
 )
+from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated
 from libs.platform.db import Connection
 from libs.platform.outbox import OutboxRecord, add_to_outbox
 from services.workorders.adapters.database import Database
@@ -67,10 +69,13 @@ _COLUMNS = (
     "seq, work_order_id, meterpoint_id, type, status, version, created_at, updated_at, origin, description, "
     "alarm_id, alarm, crew, window_start, window_end, started_at, completed_at, result, new_meter_serial, "
     "cancel_reason, cancelled_at, customer_status, customer_source, customer_id, customer_name, customer_email, "
-    "customer_phone, customer_street, customer_postcode, customer_city, customer_country, customer_checked_at"
+    "customer_phone, customer_street, customer_postcode, customer_city, customer_country, customer_checked_at, "
+    "grid_company"
 )
 _PLACEHOLDERS = ", ".join(f"${n}" for n in range(1, _COLUMNS.count(",") + 2))
 _INSERT = f"INSERT INTO work_orders ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"  # noqa: S608 - constant text
+# $2: the caller's tenant, NULL for the platform role (every order, also those whose tenant is not known yet).
+_BY_ID_IN_SCOPE = "work_order_id = $1 AND ($2::text IS NULL OR grid_company = $2::text)"
 _UPDATE = (
     "UPDATE work_orders SET status = $2, version = $3, updated_at = $4, crew = $5, window_start = $6, "
     "window_end = $7, started_at = $8, completed_at = $9, result = $10, new_meter_serial = $11, "
@@ -117,6 +122,7 @@ def _row_values(seq: int, order: WorkOrder) -> list[Any]:
         order.cancel_reason,
         order.cancelled_at,
         *_customer_values(order.customer),
+        order.grid_company,
     ]
 
 
@@ -154,6 +160,7 @@ def _order_of(row: asyncpg.Record) -> WorkOrder:
         new_meter_serial=row["new_meter_serial"],
         cancel_reason=row["cancel_reason"],
         cancelled_at=row["cancelled_at"],
+        grid_company=row["grid_company"],
     )
 
 
@@ -193,20 +200,26 @@ class PostgresWorkOrderStore:
         record = to_record(make_event(event, source=self._source))
         await add_to_outbox(conn, [OutboxRecord(self._topic, record.key, record.value, record.headers)])
 
-    async def get(self, work_order_id: str) -> WorkOrder | None:
+    async def get(self, work_order_id: str, tenant: str | None) -> WorkOrder | None:
         async def query(conn: Connection) -> WorkOrder | None:
-            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM work_orders WHERE work_order_id = $1", work_order_id)  # noqa: S608
+            # One statement for "no such order" and "not the caller's": the same answer, in the same time.
+            sql = f"SELECT {_COLUMNS} FROM work_orders WHERE {_BY_ID_IN_SCOPE}"  # noqa: S608 - constant text
+            row = await conn.fetchrow(sql, work_order_id, tenant)
             return _order_of(row) if row is not None else None
 
         return await self._read(query)
 
-    async def page(self, query: ListQuery) -> Page:
+    async def page(self, query: ListQuery, tenant: str | None) -> Page:
         conditions: list[str] = []
         args: list[Any] = []
 
         def where(condition: str, value: Any) -> None:
             args.append(value)
             conditions.append(condition.format(f"${len(args)}"))
+
+        if tenant is not None:
+            # A tenant's orders are an index range (work_orders_by_tenant); the platform's are all of them.
+            where("grid_company = {}", tenant)
 
         if query.statuses:
             where("status = ANY({}::text[])", [s.value for s in query.statuses])
@@ -248,7 +261,16 @@ class PostgresWorkOrderStore:
 
         return await self._read(query)
 
-    async def create(self, build: Build, claim: IdempotencyClaim | None) -> WorkOrder:
+    async def meterpoint_owner(self, meterpoint_id: str) -> str | None:
+        async def query(conn: Connection) -> str | None:
+            owner: str | None = await conn.fetchval(
+                "SELECT grid_company FROM meterpoint_owners WHERE meterpoint_id = $1", meterpoint_id
+            )
+            return owner
+
+        return await self._read(query)
+
+    async def create(self, build: Build, claim: IdempotencyClaim | None, grid_company: str | None) -> WorkOrder:
         async def work(conn: Connection) -> WorkOrder:
             seq: int = await conn.fetchval("SELECT nextval('work_order_number')")
             work_order_id = work_order_id_of(seq)
@@ -265,6 +287,7 @@ class PostgresWorkOrderStore:
                 if not claimed:
                     raise ClaimTaken(claim.key)
             order, event = build(work_order_id)
+            order = replace(order, grid_company=grid_company)
             await conn.execute(_INSERT, *_row_values(seq, order))
             await self._publish(conn, event)
             return order
@@ -303,6 +326,12 @@ class PostgresWorkOrderStore:
             seq: int = await conn.fetchval("SELECT nextval('work_order_number')")
             order, event = build(work_order_id_of(seq))
             assert order.alarm_id == alarm.alarm_id
+            # The meterpoint's owner if its master data is here; otherwise NULL (platform only) until it arrives and
+            # apply_meterpoint_event fills it in: an alarm is never held back for lack of master data.
+            owner = await conn.fetchval(
+                "SELECT grid_company FROM meterpoint_owners WHERE meterpoint_id = $1", alarm.meterpoint_id
+            )
+            order = replace(order, grid_company=owner)
             await conn.execute(_INSERT, *_row_values(seq, order))
             await self._record_alarm(conn, alarm, AlarmOutcome.OPENED, order.work_order_id)
             await self._publish(conn, event)
@@ -324,11 +353,12 @@ class PostgresWorkOrderStore:
             work_order_id,
         )
 
-    async def change(self, work_order_id: str, expected: Versions, change: Change) -> WorkOrder:
+    async def change(self, work_order_id: str, expected: Versions, change: Change, tenant: str | None) -> WorkOrder:
         async def work(conn: Connection) -> WorkOrder:
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM work_orders WHERE work_order_id = $1 FOR UPDATE",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM work_orders WHERE {_BY_ID_IN_SCOPE} FOR UPDATE",  # noqa: S608
                 work_order_id,
+                tenant,
             )
             if row is None:
                 raise NotFound(work_order_id)
@@ -421,6 +451,30 @@ class PostgresWorkOrderStore:
                     )
                 case _:
                     pass  # other event types on the topic do not concern the replica
+
+        await self._write(work)
+
+    async def apply_meterpoint_event(self, event: CloudEvent[Any]) -> None:
+        data = event.data
+        if not isinstance(data, MeterpointRegistered | MeterpointUpdated):
+            return
+
+        async def work(conn: Connection) -> None:
+            # The newest version wins (a redelivered or older record changes nothing); the meterpoint's orders follow
+            # its owner, those opened before it was known included. Their representation changed, so their version.
+            await conn.execute(
+                "WITH owner AS ("
+                " INSERT INTO meterpoint_owners (meterpoint_id, grid_company, version) VALUES ($1, $2, $3)"
+                " ON CONFLICT (meterpoint_id) DO UPDATE SET grid_company = EXCLUDED.grid_company,"
+                " version = EXCLUDED.version, updated_at = now() WHERE meterpoint_owners.version < EXCLUDED.version"
+                " RETURNING meterpoint_id, grid_company) "
+                "UPDATE work_orders w SET grid_company = o.grid_company, version = w.version + 1, updated_at = now() "
+                "FROM owner o WHERE w.meterpoint_id = o.meterpoint_id "
+                "AND w.grid_company IS DISTINCT FROM o.grid_company",
+                data.meterpoint_id,
+                data.grid_company,
+                data.version,
+            )
 
         await self._write(work)
 

@@ -5,6 +5,10 @@ Concurrency: every order carries a version, sent as a strong ETag (``"3"``); tra
 (400 without): a retried request with the same key and content gets the first order back (201,
 ``Idempotent-Replayed: true``); the same key with other content is refused with 422
 (draft-ietf-httpapi-idempotency-key-header). Errors are RFC 9457 problems with a stable ``reason``.
+
+Tenancy: every route is scoped to the caller's grid company (the API key's tenant; the platform role sees all).
+An order of another grid company answers exactly the 404 of an unknown id, lists hold the caller's orders only,
+and an order can be opened only at a meterpoint of the caller's grid company.
 """
 
 from __future__ import annotations
@@ -181,8 +185,8 @@ async def create_work_order(
 ) -> WorkOrderOut:
     key = parse_idempotency_key(idempotency_key)
     command = body.command()
-    claim = IdempotencyClaim(caller.client, key, handlers.request_hash(command))
-    created = await handlers.create_work_order(ctx, command, claim)
+    claim = IdempotencyClaim(handlers.idempotency_client(caller.principal), key, handlers.request_hash(command))
+    created = await handlers.create_work_order(ctx, command, claim, caller.principal)
     response.headers["Location"] = f"{PREFIX}/{created.order.work_order_id}"
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -217,7 +221,7 @@ async def list_work_orders(
     )
     if cursor is not None:
         query = replace(query, after=decode_cursor(cursor, query))
-    page = await handlers.list_work_orders(ctx, query)
+    page = await handlers.list_work_orders(ctx, query, caller.principal)
     next_cursor = encode_cursor(page.next_after, query) if page.next_after is not None else None
     return WorkOrderPage(items=[WorkOrderOut.of(order) for order in page.orders], next_cursor=next_cursor)
 
@@ -231,7 +235,7 @@ async def list_work_orders(
 async def get_work_order(
     work_order_id: WorkOrderId, response: Response, ctx: ContextDep, caller: Reader
 ) -> WorkOrderOut:
-    return _respond(response, await handlers.get_work_order(ctx, work_order_id))
+    return _respond(response, await handlers.get_work_order(ctx, work_order_id, caller.principal))
 
 
 _TRANSITION_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -241,10 +245,10 @@ _TRANSITION_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def _transition(
-    ctx: Context, response: Response, work_order_id: str, if_match: str | None, command: Command
+    ctx: Context, response: Response, work_order_id: str, if_match: str | None, command: Command, caller: ApiKeyRecord
 ) -> WorkOrderOut:
     expected = parse_if_match(if_match)
-    order = await handlers.change_work_order(ctx, work_order_id, expected, command)
+    order = await handlers.change_work_order(ctx, work_order_id, expected, command, caller.principal)
     return _respond(response, order)
 
 
@@ -262,7 +266,7 @@ async def schedule_work_order(
     caller: Writer,
     if_match: IfMatch = None,
 ) -> WorkOrderOut:
-    return await _transition(ctx, response, work_order_id, if_match, body.command())
+    return await _transition(ctx, response, work_order_id, if_match, body.command(), caller)
 
 
 @router.post(
@@ -279,7 +283,7 @@ async def start_work_order(
     body: Annotated[StartWorkOrder | None, Body()] = None,
     if_match: IfMatch = None,
 ) -> WorkOrderOut:
-    return await _transition(ctx, response, work_order_id, if_match, (body or StartWorkOrder()).command())
+    return await _transition(ctx, response, work_order_id, if_match, (body or StartWorkOrder()).command(), caller)
 
 
 @router.post(
@@ -296,7 +300,7 @@ async def complete_work_order(
     caller: Writer,
     if_match: IfMatch = None,
 ) -> WorkOrderOut:
-    return await _transition(ctx, response, work_order_id, if_match, body.command())
+    return await _transition(ctx, response, work_order_id, if_match, body.command(), caller)
 
 
 @router.post(
@@ -313,7 +317,7 @@ async def cancel_work_order(
     caller: Writer,
     if_match: IfMatch = None,
 ) -> WorkOrderOut:
-    return await _transition(ctx, response, work_order_id, if_match, body.command())
+    return await _transition(ctx, response, work_order_id, if_match, body.command(), caller)
 
 
 def _handler(status: int, reason: str) -> Any:

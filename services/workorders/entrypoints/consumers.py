@@ -1,11 +1,12 @@
-"""Kafka consumers: meter alarms open inspections, customer events keep the local replica.
+"""Kafka consumers: meter alarms open inspections, customer events keep the local replica, meterpoint master data
+says which grid company (tenant) owns each meterpoint and so its orders.
 
 Both run on plain aiokafka under `libs.flowcontrol.consumer.KafkaDelivery` (one consumer and one group per topic,
 each with its own boundary): a record is committed after its database transaction, an invalid one
 (`InvalidEvent`) goes to ``<topic>.dlq`` at once, a failing one is retried with backoff and then dead-lettered,
 and a refused database (`DatabaseUnavailable`, the ``workorders_postgres`` breaker open) pauses the partition and
 redelivers the record later: never skipped. Delivery is at least once; the handlers are idempotent (an alarm's id
-is recorded once in the alarm ledger, replica rows carry versions or natural keys).
+is recorded once in the alarm ledger, replica rows and meterpoint owners carry versions or natural keys).
 
 Kafka being down at start-up only delays the consumers: `run_consumers` retries until the service stops.
 """
@@ -77,8 +78,21 @@ def customer_event_handler(ctx: Context) -> RecordHandler:
     return handle
 
 
+def meterpoint_event_handler(ctx: Context) -> RecordHandler:
+    """meterpoints.v1: who owns each meterpoint (the tenant of its orders)."""
+
+    async def handle(record: ConsumedRecord) -> None:
+        event = from_record(record.value, record.headers, record.key)
+        if not isinstance(event.data, handlers.METERPOINT_EVENTS):
+            detail = f"{event.type} is not carried on meterpoints.v1"
+            raise InvalidEvent(InvalidReason.UNEXPECTED_TYPE, detail, event.type)
+        await handlers.on_meterpoint_event(ctx, event)
+
+    return handle
+
+
 def subscriptions(settings: WorkordersSettings, ctx: Context, boundaries: dict[str, Boundary]) -> list[Subscription]:
-    """The two consumers of the service."""
+    """The three consumers of the service."""
     prefix = settings.consumer_group_prefix
     return [
         Subscription(
@@ -92,6 +106,12 @@ def subscriptions(settings: WorkordersSettings, ctx: Context, boundaries: dict[s
             f"{prefix}.customers",
             boundaries["workorders_customers_consumer"],
             customer_event_handler(ctx),
+        ),
+        Subscription(
+            settings.meterpoints_topic,
+            f"{prefix}.meterpoints",
+            boundaries["workorders_meterpoints_consumer"],
+            meterpoint_event_handler(ctx),
         ),
     ]
 

@@ -17,10 +17,11 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
+from services.workorders import handlers
 from services.workorders.app import Parts, create_app
-from services.workorders.handlers import CustomerDirectory
+from services.workorders.handlers import Context, CustomerDirectory
 from services.workorders.settings import WorkordersSettings
-from tests.integration.workorders.support import CustomersProcess, FakeDirectory
+from tests.integration.workorders.support import CustomersProcess, FakeDirectory, master_data
 from tests.tenants import TENANT_A
 
 KEYS = {role: generate_api_key(f"{role}-client", role, tenant=TENANT_A) for role in (Role.READER, Role.OPERATOR)}
@@ -44,6 +45,13 @@ class Running:
     def parts(self) -> Parts:
         parts: Parts = self.app.state.parts
         return parts
+
+    async def register(self, meterpoint_id: str, grid_company: str = TENANT_A, *, version: int = 1) -> str:
+        """Make ``grid_company`` the owner of ``meterpoint_id``, by the handler the meterpoints consumer calls
+        (for tests that run without Kafka); returns the meterpoint id."""
+        ctx: Context = self.app.state.context
+        await handlers.on_meterpoint_event(ctx, master_data(meterpoint_id, grid_company, version=version))
+        return meterpoint_id
 
 
 @pytest.fixture

@@ -25,7 +25,17 @@ import zeep
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from zeep.transports import Transport
 
-from libs.events import with_check_digit
+from libs.events import CloudEvent, Resolution, make_event, to_record, with_check_digit
+from libs.events.meterpoints import (
+    Connection,
+    ConnectionState,
+    DataSource,
+    MeterpointRegistered,
+    MeterpointType,
+    MeterpointUpdated,
+    SettlementMethod,
+    SourceKind,
+)
 from libs.platform.kafka import start_producer
 from services.workorders.adapters.customers_soap import BINDING, WSDL_PATH
 from services.workorders.domain import Address, Customer
@@ -45,6 +55,31 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
 def new_meterpoint() -> str:
     """A fresh GSRN-18 with a valid check digit."""
     return with_check_digit(f"5713131804{random.randrange(10**7):07d}")
+
+
+def master_data(meterpoint_id: str, grid_company: str, *, version: int = 1) -> CloudEvent[Any]:
+    """The customers service's event saying ``grid_company`` owns ``meterpoint_id`` (version 1 registers it)."""
+    kind = MeterpointRegistered if version == 1 else MeterpointUpdated
+    data = kind(
+        meterpoint_id=meterpoint_id,
+        grid_company=grid_company,
+        grid_area="804",
+        type=MeterpointType.CONSUMPTION,
+        resolution=Resolution.PT15M,
+        settlement_method=SettlementMethod.FLEX,
+        connection=Connection(state=ConnectionState.CONNECTED, since=date(2025, 1, 1)),
+        data_source=DataSource(kind=SourceKind.HEAD_END, id="hes-north"),
+        version=version,
+    )
+    return make_event(data, source="/gridhub/customers")
+
+
+def master_data_record(
+    meterpoint_id: str, grid_company: str, *, version: int = 1
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """`master_data` as the (key, value, headers) that `produce` sends."""
+    record = to_record(master_data(meterpoint_id, grid_company, version=version))
+    return record.key, record.value, list(record.headers)
 
 
 def free_port() -> int:

@@ -71,11 +71,13 @@ async def test_a_flood_of_alarms_opens_one_order_and_the_limit_holds_after_it_cl
         "meter_events_topic": await new_topic("wo.flood", partitions=2, with_dlq=True),
         "customers_topic": await new_topic("wo.flood-customers", partitions=1),
         "events_topic": await new_topic("wo.flood-orders", partitions=1),
+        "meterpoints_topic": await new_topic("wo.flood-meterpoints", partitions=1),
     }
     settings = settings_for(consumers_enabled=True, max_alarm_orders_per_meterpoint=3, **topics)
     running = await start_app(settings)
     group = f"{settings.consumer_group_prefix}.meter-events"
-    noisy, quiet = new_meterpoint(), new_meterpoint()
+    # Both meters are grid company A's, whose operator closes the orders below.
+    noisy, quiet = await running.register(new_meterpoint()), await running.register(new_meterpoint())
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
     # The flood: 1,000 tamper alarms from one meter, plus one clock error from it and a tamper from another meter.

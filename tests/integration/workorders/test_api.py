@@ -27,10 +27,13 @@ def window(days: int = 1) -> dict[str, str]:
     return {"start": start.isoformat(), "end": (start + timedelta(hours=2)).isoformat()}
 
 
-async def create(client: httpx.AsyncClient, *, key: str | None = None, **body: Any) -> httpx.Response:
-    payload = {"meterpoint_id": new_meterpoint(), "type": "replace_meter", **body}
+async def create(api: Running, *, key: str | None = None, **body: Any) -> httpx.Response:
+    """Open an order as grid company A's operator, at a new meterpoint of A unless ``body`` names one."""
+    payload = {"type": "replace_meter", **body}
+    if "meterpoint_id" not in payload:
+        payload["meterpoint_id"] = await api.register(new_meterpoint())
     headers = {**auth(), "Idempotency-Key": key or str(uuid.uuid4())}
-    return await client.post(BASE, json=payload, headers=headers)
+    return await api.client.post(BASE, json=payload, headers=headers)
 
 
 async def act(
@@ -48,7 +51,7 @@ async def events_in_outbox(db: asyncpg.Connection[Any], work_order_id: str) -> l
 async def test_an_order_goes_through_its_lifecycle_and_publishes_each_step(
     api: Running, db: asyncpg.Connection[Any]
 ) -> None:
-    created = await create(api.client, description="Meter cabinet behind the garage")
+    created = await create(api, description="Meter cabinet behind the garage")
     assert created.status_code == 201, created.text
     order = created.json()
     assert order["status"] == "created"
@@ -87,7 +90,7 @@ async def test_an_order_goes_through_its_lifecycle_and_publishes_each_step(
 
 
 async def test_invalid_transitions_get_409_and_change_nothing(api: Running, db: asyncpg.Connection[Any]) -> None:
-    order = (await create(api.client)).json()
+    order = (await create(api)).json()
     for action, body in (("start", None), ("complete", {"result": "failed"})):
         response = await act(api.client, order, action, body, '"1"')
         assert response.status_code == 409, response.text
@@ -111,7 +114,7 @@ async def test_invalid_transitions_get_409_and_change_nothing(api: Running, db: 
 async def test_two_concurrent_updates_with_the_same_etag_one_wins_one_gets_412(
     api: Running, db: asyncpg.Connection[Any]
 ) -> None:
-    order = (await create(api.client)).json()
+    order = (await create(api)).json()
     schedule = act(api.client, order, "schedule", {"crew": "crew-1", "window": window()}, '"1"')
     cancel = act(api.client, order, "cancel", {"reason": "duplicate order"}, '"1"')
     responses = await asyncio.gather(schedule, cancel)
@@ -126,7 +129,7 @@ async def test_two_concurrent_updates_with_the_same_etag_one_wins_one_gets_412(
 
 
 async def test_if_match_is_required_and_must_be_current(api: Running) -> None:
-    order = (await create(api.client)).json()
+    order = (await create(api)).json()
     missing = await act(api.client, order, "cancel", {"reason": "x"}, None)
     assert (missing.status_code, missing.json().get("reason")) == (428, "if_match_required"), missing.text
     for stale in ('"7"', 'W/"1"', "1"):
@@ -143,7 +146,7 @@ async def test_if_match_is_required_and_must_be_current(api: Running) -> None:
 async def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_order(
     api: Running, db: asyncpg.Connection[Any]
 ) -> None:
-    meterpoint = new_meterpoint()
+    meterpoint = await api.register(new_meterpoint())
     body = {"meterpoint_id": meterpoint, "type": "disconnect", "description": "Unpaid; customer informed"}
     headers = auth() | {"Idempotency-Key": "planning-run-42/order-7"}
     first = await api.client.post(BASE, json=body, headers=headers)
@@ -180,7 +183,7 @@ async def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_or
 
 
 async def test_keys_and_roles(api: Running) -> None:
-    order = (await create(api.client)).json()
+    order = (await create(api)).json()
     anonymous = await api.client.get(f"{BASE}/{order['work_order_id']}")
     assert anonymous.status_code == 401
     assert anonymous.headers["content-type"] == "application/problem+json"
@@ -192,10 +195,10 @@ async def test_keys_and_roles(api: Running) -> None:
 
 
 async def test_validation_errors_are_problems_naming_the_fields(api: Running) -> None:
-    bad_gsrn = await create(api.client, meterpoint_id="571313180400000026")
+    bad_gsrn = await create(api, meterpoint_id="571313180400000026")
     assert bad_gsrn.status_code == 422
     assert bad_gsrn.json()["errors"][0]["loc"] == ["body", "meterpoint_id"]
-    order = (await create(api.client, type="install_meter")).json()
+    order = (await create(api, type="install_meter")).json()
     scheduled = await act(api.client, order, "schedule", {"crew": "c1", "window": window()}, '"1"')
     started = await act(api.client, order, "start", {}, scheduled.headers["ETag"])
     no_serial = await act(api.client, order, "complete", {"result": "succeeded"}, started.headers["ETag"])
@@ -207,10 +210,10 @@ async def test_validation_errors_are_problems_naming_the_fields(api: Running) ->
 
 
 async def test_lists_filter_and_page_with_a_cursor(api: Running) -> None:
-    meterpoint = new_meterpoint()
+    meterpoint = await api.register(new_meterpoint())
     made = []
     for kind in ("install_meter", "inspect_meter", "inspect_meter", "disconnect", "inspect_meter"):
-        made.append((await create(api.client, meterpoint_id=meterpoint, type=kind)).json())
+        made.append((await create(api, meterpoint_id=meterpoint, type=kind)).json())
     await act(api.client, made[1], "cancel", {"reason": "duplicate"}, '"1"')
 
     async def listing(**params: Any) -> dict[str, Any]:
@@ -249,7 +252,7 @@ async def test_lists_filter_and_page_with_a_cursor(api: Running) -> None:
 
 async def test_metrics_show_the_events_waiting_in_the_outbox(api: Running) -> None:
     """The relay is off in these tests: what an order writes to the outbox waits there, and /metrics says so."""
-    assert (await create(api.client)).status_code == 201
+    assert (await create(api)).status_code == 201
     deadline = asyncio.get_running_loop().time() + 15  # the backlog is read every 5 s
     while True:
         metrics = (await api.client.get("/metrics")).text

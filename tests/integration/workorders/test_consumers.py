@@ -55,6 +55,7 @@ async def topics(new_topic: Callable[..., Awaitable[str]]) -> dict[str, str]:
         "meter_events_topic": await new_topic("wo.meter-events", partitions=2, with_dlq=True),
         "customers_topic": await new_topic("wo.customers", partitions=2, with_dlq=True),
         "events_topic": await new_topic("wo.workorders", partitions=2),
+        "meterpoints_topic": await new_topic("wo.meterpoints", partitions=2, with_dlq=True),
     }
 
 
@@ -93,6 +94,7 @@ async def test_an_alarm_opens_exactly_one_inspection_even_when_delivered_twice(
     _, sag_record = alarm_record(quiet_meterpoint, MeterAlarm.VOLTAGE_SAG, now)
     _, ancient_record = alarm_record(quiet_meterpoint, MeterAlarm.TAMPER, now - timedelta(days=60))
     running = await start_app(settings, customers=FakeDirectory(available=False))
+    await running.register(meterpoint)  # grid company A's, whose reader reads the order below
     group = f"{settings.consumer_group_prefix}.customers"
 
     async def replica_filled() -> bool:

@@ -85,6 +85,8 @@ async def test_orders_are_created_while_the_customers_service_is_down_and_enrich
     running = await start_app(settings, soap_transport=network)
     breaker = running.parts.boundaries["customers_soap"].breaker
     assert breaker is not None
+    for gsrn in (meterpoint, vacant):
+        await running.register(gsrn)
 
     known, _ = await create(running.client, meterpoint)
     assert known["customer"]["status"] == "known"

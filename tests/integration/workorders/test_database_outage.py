@@ -64,13 +64,15 @@ async def test_a_database_outage_gives_503_and_pauses_the_consumer_without_skipp
         postgres_dsn=through(pg_dsn, proxy),
         consumers_enabled=True,
         meter_events_topic=meter_events,
+        meterpoints_topic=await new_topic("wo.outage-meterpoints", partitions=1),
         postgres_acquire_timeout=1.0,
         postgres_command_timeout=2.0,
     )
     running = await start_app(settings, customers=FakeDirectory())
     headers = auth() | {"Idempotency-Key": "before-the-outage"}
+    meterpoint = await running.register(new_meterpoint())
     created = await running.client.post(
-        "/v1/work-orders", json={"meterpoint_id": new_meterpoint(), "type": "reconnect"}, headers=headers
+        "/v1/work-orders", json={"meterpoint_id": meterpoint, "type": "reconnect"}, headers=headers
     )
     assert created.status_code == 201
     url = created.headers["Location"]
