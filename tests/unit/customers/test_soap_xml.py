@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from libs.platform.tenancy import Role
 from services.customers.domain import (
     Address,
     Contact,
@@ -19,8 +20,10 @@ from services.customers.domain import (
     InvalidRequest,
     MeterpointHolder,
     MeterpointLink,
+    NotAllowed,
 )
 from services.customers.entrypoints import soap_codec
+from services.customers.entrypoints.soap import OPERATIONS, to_fault
 from services.customers.entrypoints.soap_xml import (
     SOAP_ENV,
     TNS,
@@ -31,6 +34,7 @@ from services.customers.entrypoints.soap_xml import (
     open_envelope,
     parse_document,
 )
+from services.customers.registry import Meterpoint, MeterpointPage, SpecInput, validate_spec
 
 SCHEMA = soap_codec.load_request_schema()
 ENVELOPE = (
@@ -143,6 +147,18 @@ CUSTOMER = Customer(
     3,
 )
 LINK = MeterpointLink("C-100000", "571313180400000025", date(2025, 4, 1), date(2025, 6, 30))
+OWNED = Customer(CUSTOMER.customer_id, CUSTOMER.details, 4, grid_company="5790000000012")
+_SPEC = SpecInput("804", None, "exchange", "791", "PT1H", None, "connected", "2024-06-01", "ftp_partner", "mdm")
+METERPOINT = Meterpoint("571313180400000025", "5790000000012", validate_spec("571313180400000025", _SPEC), 2)
+UNASSIGNED = Meterpoint(
+    "571313180400000025",
+    "10X-GRIDHUB-A--9",
+    validate_spec(
+        "571313180400000025",
+        SpecInput("804", None, "consumption", None, "PT15M", "flex", "new", "2025-01-01", None, None),
+    ),
+    1,
+)
 
 
 @pytest.mark.parametrize(
@@ -155,6 +171,13 @@ LINK = MeterpointLink("C-100000", "571313180400000025", date(2025, 4, 1), date(2
         soap_codec.encode_link_response("LinkMeterpoint")(LINK),
         soap_codec.encode_link_response("UnlinkMeterpoint")(LINK),
         soap_codec.encode_holder(MeterpointHolder(CUSTOMER, LINK)),
+        soap_codec.encode_customer_response("RegisterCustomer")(OWNED),
+        soap_codec.encode_page(CustomerPage((OWNED, CUSTOMER), 1, 20, 2)),
+        soap_codec.encode_meterpoint_response("RegisterMeterpoint")(METERPOINT),
+        soap_codec.encode_meterpoint_response("UpdateMeterpoint")(UNASSIGNED),
+        soap_codec.encode_meterpoint_response("GetMeterpoint")(METERPOINT),
+        soap_codec.encode_meterpoint_page(MeterpointPage((METERPOINT, UNASSIGNED), "571313180400000025")),
+        soap_codec.encode_meterpoint_page(MeterpointPage((), None)),
     ],
 )
 def test_responses_match_the_schema(payload: etree._Element) -> None:
@@ -183,3 +206,29 @@ def test_faults_carry_a_detail_that_matches_the_schema() -> None:
 def test_libxml2s_own_depth_limit_also_reads_as_too_deep() -> None:
     deep = "<c:x>" * 400 + "</c:x>" * 400  # past libxml2's 256 inside one fed chunk
     assert reason_of(envelope(body=deep), max_depth=1000) == "too_deep"
+
+
+def test_a_role_or_grid_company_refusal_is_an_authorization_fault_with_403_and_a_typed_detail() -> None:
+    fault = to_fault(NotAllowed("RegisterMeterpoint needs the admin role", reason="role_required"))
+    assert (fault.code, fault.status, fault.category, fault.reason) == (
+        "Client.Authorization",
+        403,
+        "Authorization",
+        "role_required",
+    )
+    node = etree.fromstring(fault_envelope(fault, "abc123")).find(f"{{{SOAP_ENV}}}Body/{{{SOAP_ENV}}}Fault")
+    assert node is not None
+    (detail,) = list(node.find("detail"))  # type: ignore[arg-type]
+    assert SCHEMA.validate(detail), SCHEMA.error_log
+
+
+def test_every_operation_of_the_wsdl_declares_a_role() -> None:
+    wsdl = etree.parse(str(soap_codec.WSDL_PATH))
+    names = {op.get("name") for op in wsdl.iter("{http://schemas.xmlsoap.org/wsdl/}operation")}
+    assert names == set(OPERATIONS)
+    reads = {name for name, operation in OPERATIONS.items() if operation.role is Role.READER}
+    assert reads == {"GetCustomer", "FindCustomers", "GetMeterpointCustomer", "GetMeterpoint", "ListMeterpoints"}
+    assert {name for name, operation in OPERATIONS.items() if operation.role is Role.ADMIN} == {
+        "RegisterMeterpoint",
+        "UpdateMeterpoint",
+    }
