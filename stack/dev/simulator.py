@@ -7,6 +7,9 @@
 - **A partner over FTP**: uploads its meters' readings as CSV files into ``/inbox`` and collects the receipts
   (contracts/files/readings-csv.md; switch off with ``--no-ftp``).
 - **A few alarms** (a tamper first, which opens an inspection order), over MQTT or REST.
+- **Meterpoints over SOAP, first**: each meterpoint in the registry of the login's grid company, assigned to the
+  source that delivers it (MQTT meters: the device, i.e. its own GSRN; the head-end's: its API key's client name;
+  the partner's: its FTP login), so collection's scope check lets the readings in. Readings start after this.
 - **Customers over SOAP**: one customer per meterpoint, registered and linked unless the meterpoint has one already.
 
 Time: readings start ``history_hours`` back (aligned to 15 minutes); every tick delivers the next interval of every
@@ -237,6 +240,27 @@ class Simulation:
             self.alarms.append({**alarm, "channel": channel})
             logger.info("alarm %s raised by %s over %s", kind, meterpoint, channel)
 
+    def sources(self) -> dict[str, tuple[str, str]]:
+        """Meterpoint -> (data source kind, id): who delivers each simulated meterpoint."""
+        sources = {meterpoint: ("device", meterpoint) for meterpoint in self.plan.mqtt}
+        if self.plan.rest:
+            assert self.credentials.collection_key is not None  # start() refuses to run without it
+            sources |= {
+                meterpoint: ("head_end", self.credentials.collection_key.client) for meterpoint in self.plan.rest
+            }
+        sources |= {meterpoint: ("ftp_partner", self.credentials.ftp_login) for meterpoint in self.plan.ftp}
+        return sources
+
+    def register_meterpoints(self) -> None:
+        """Every meterpoint in the registry with its data source, before any reading (zeep: run in a thread)."""
+        registrar = Registrar(self.settings.customers_url, self.credentials.soap_client, self.credentials.soap_password)
+        since = datetime.now(LOCAL).date() - timedelta(days=30)
+        for meterpoint, (kind, source_id) in self.sources().items():
+            if self.stopping.is_set():
+                return
+            registrar.ensure_meterpoint(meterpoint, kind, source_id, since)
+        logger.info("%d meterpoints registered with their data source", len(self.plan.all))
+
     def register_customers(self) -> None:
         """One customer per meterpoint over SOAP (runs in a thread: zeep is synchronous)."""
         registrar = Registrar(self.settings.customers_url, self.credentials.soap_client, self.credentials.soap_password)
@@ -296,6 +320,17 @@ async def simulate(settings: SimulatorSettings, credentials: Credentials, stop: 
     """Run until ``stop`` is set (or ``max_ticks``); return the finished simulation."""
     simulation = Simulation(settings, credentials, settings.plan())
     simulation.start()
+    # Before the first reading: a reading for a meterpoint the collection does not know yet is held back.
+    meterpoints = asyncio.create_task(asyncio.to_thread(simulation.register_meterpoints), name="register-meterpoints")
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({meterpoints, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not meterpoints.done():
+        simulation.stopping.set()  # the registration stops after its current call (zeep's calls have a timeout)
+        await asyncio.wait({meterpoints}, timeout=15)
+    elif meterpoints.exception() is not None:
+        # Keep simulating: held readings can be redriven once the meterpoints are registered.
+        logger.error("registering the meterpoints failed", exc_info=meterpoints.exception())
     registering: asyncio.Task[None] | None = None
     if settings.customers:
         registering = asyncio.create_task(asyncio.to_thread(simulation.register_customers), name="register-customers")
