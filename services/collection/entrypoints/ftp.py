@@ -52,8 +52,8 @@ from libs.flowcontrol.backoff import FailureBackoff
 from libs.flowcontrol.bulkhead import Bulkhead
 from libs.flowcontrol.clock import Clock, MonotonicClock
 from libs.flowcontrol.quota import Quota
-from libs.platform.passwords import hash_password, verify_password
-from services.collection.adapters.ftpusers import RESERVED_LOGINS, FtpUserStore, check_login
+from libs.platform.passwords import hash_password
+from services.collection.adapters.ftpusers import RESERVED_LOGINS, FtpUserStore, check_login, matching_hash
 from services.collection.filedrop import FILE_NAME, RECEIPT_SUFFIX, FileProcessor, Spool
 from services.collection.metrics import CollectionMetrics
 from services.collection.settings import FtpSettings
@@ -141,13 +141,14 @@ class PartnerUsers(aioftp.AbstractUserManager):
             account = await self._store.get(check_login(login))
         except ValueError:
             account = None
-        encoded = account.password_hash if account is not None else None
-        ok = encoded is not None and remembered == encoded
+        # The current hash, and the previous one while a password rotation overlaps (ftpusers.FtpUser).
+        hashes = account.password_hashes(datetime.now(UTC)) if account is not None else ()
+        ok = remembered is not None and remembered in hashes
         if not ok:
             # An unknown login costs as much as a wrong password, so timing does not tell which it was.
-            ok = await asyncio.to_thread(verify_password, password, encoded or self._dummy_hash)
-            ok = ok and encoded is not None
-            if ok and encoded is not None:
+            encoded = await asyncio.to_thread(matching_hash, password, hashes, self._dummy_hash)
+            ok = encoded is not None
+            if encoded is not None:
                 remembered_tokens = self._verified.setdefault(login, {})
                 if len(remembered_tokens) >= _MAX_REMEMBERED:
                     remembered_tokens.clear()

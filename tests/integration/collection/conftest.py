@@ -18,6 +18,7 @@ from services.collection.app import create_app
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 from stack.config import StackConfig
 from tests.integration.collection.support import Device, TopicReader, device_factory
+from tests.tenants import TENANT_A
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ class FtpService:
     async def add_partner(self, login: str | None = None) -> tuple[str, str]:
         login = login or f"p{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(16)
-        await self.users.add(new_ftp_user(login, password))
+        await self.users.add(new_ftp_user(login, password, tenant=TENANT_A))
         return login, password
 
     def outbox(self, login: str) -> Path:

@@ -234,7 +234,7 @@ class RunningService:
         from services.collection.adapters.ftpusers import new_ftp_user
 
         login, password = f"p{secrets.token_hex(4)}", secrets.token_urlsafe(16)
-        await self.ftp_users.add(new_ftp_user(login, password))
+        await self.ftp_users.add(new_ftp_user(login, password, tenant=TENANT_A))
         return login, password
 
     async def post_readings(self, items: list[dict[str, Any]]) -> Any:

@@ -14,6 +14,7 @@ from services.collection.entrypoints.ftp import PartnerUser, PartnerUsers, escap
 from services.collection.filedrop import Spool
 from services.collection.metrics import CollectionMetrics
 from services.collection.settings import FtpSettings
+from tests.tenants import TENANT_A
 
 ROOT = PurePosixPath("/")
 
@@ -56,16 +57,16 @@ def test_logins_that_could_be_anonymous_or_climb_are_refused(login: str) -> None
 
 
 def test_a_partner_password_is_stored_as_an_scrypt_hash_only() -> None:
-    user = new_ftp_user("hes-north", "correct horse battery staple")
+    user = new_ftp_user("hes-north", "correct horse battery staple", tenant=TENANT_A)
     assert user.password_hash.startswith("scrypt$")
     assert "correct horse" not in user.password_hash
     with pytest.raises(ValueError, match="12 characters"):
-        new_ftp_user("hes-north", "short")
+        new_ftp_user("hes-north", "short", tenant=TENANT_A)
 
 
 async def test_logins_anonymous_refused_wrong_refused_sessions_capped(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    store = InMemoryFtpUserStore([new_ftp_user("hes-north", "correct horse battery staple")])
+    store = InMemoryFtpUserStore([new_ftp_user("hes-north", "correct horse battery staple", tenant=TENANT_A)])
     users = PartnerUsers(
         store,
         Spool(tmp_path),
