@@ -325,6 +325,10 @@ def serve_workorders(mode: str, customers_url: str, schema: str) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
+METERPOINTS = [with_check_digit(f"5713131804{n:07d}") for n in range(500)]
+"""The meterpoints the planning system opens orders at (all of the benchmark's grid company)."""
+
+
 @contextlib.asynccontextmanager
 async def workorders(mode: str, customers_url: str) -> AsyncIterator[tuple[str, dict[str, str], str]]:
     """The service in a child process on a fresh schema; yields base URL, API keys, schema."""
@@ -353,6 +357,14 @@ async def workorders(mode: str, customers_url: str) -> AsyncIterator[tuple[str, 
                 if time.monotonic() > deadline or process.returncode is not None:
                     raise RuntimeError("the work orders service did not become ready")
                 await asyncio.sleep(0.1)
+        # The benchmark's meterpoints belong to its grid company, as the meterpoints consumer would have stored it
+        # (the consumers are off here: the load is the REST API's). An order is opened only at one's own meterpoint.
+        await conn.execute(
+            f"INSERT INTO {schema}.meterpoint_owners (meterpoint_id, grid_company, version) "
+            "SELECT unnest($1::text[]), $2, 1",
+            METERPOINTS,
+            BENCH_TENANT,
+        )
         yield base_url, keys, schema
     finally:
         if process.returncode is None:
@@ -439,7 +451,7 @@ def _plain_outcome(response: httpx.Response) -> str:
 async def run_mode(params: Params, mode: str, customers: SlowCustomers, customers_url: str) -> Run:
     run = Run(mode)
     rng = random.Random(7)
-    meterpoints = [with_check_digit(f"5713131804{n:07d}") for n in range(500)]
+    meterpoints = METERPOINTS
     async with workorders(mode, customers_url) as (base_url, keys, schema):
         limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
         planning = {"authorization": f"Bearer {keys['planning']}"}

@@ -22,10 +22,13 @@ from services.workorders.app import Parts, create_app
 from services.workorders.handlers import Context, CustomerDirectory
 from services.workorders.settings import WorkordersSettings
 from tests.integration.workorders.support import CustomersProcess, FakeDirectory, master_data
-from tests.tenants import TENANT_A
+from tests.tenants import TENANT_A, TENANT_B
 
 KEYS = {role: generate_api_key(f"{role}-client", role, tenant=TENANT_A) for role in (Role.READER, Role.OPERATOR)}
 OTHER_WRITER = generate_api_key("planning-2", Role.OPERATOR, tenant=TENANT_A)
+# Grid company B's operator and reader, with the client names A's keys have: scoping is by tenant, not by name.
+B_KEYS = {role: generate_api_key(f"{role}-client", role, tenant=TENANT_B) for role in (Role.READER, Role.OPERATOR)}
+PLATFORM = generate_api_key("hub-ops", Role.PLATFORM)
 
 
 def auth(role: Role = Role.OPERATOR) -> dict[str, str]:
@@ -81,7 +84,8 @@ async def start_app() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
         async def start(
             settings: WorkordersSettings, *, customers: CustomerDirectory | None = None, **options: Any
         ) -> Running:
-            key_store = InMemoryKeyStore([key.record for key in (*KEYS.values(), OTHER_WRITER)])
+            keys = (*KEYS.values(), OTHER_WRITER, *B_KEYS.values(), PLATFORM)
+            key_store = InMemoryKeyStore([key.record for key in keys])
             app = create_app(
                 settings, registry=CollectorRegistry(), customers=customers, key_store=key_store, **options
             )
