@@ -86,7 +86,8 @@ class Edge:
 
 @pytest.fixture
 async def edge(pg_dsn: str, kafka_bootstrap: str, control_schema: str) -> AsyncIterator[Edge]:
-    unused = Topics(*(f"readside-edge-unused-{role}" for role in ("readings", "events", "customers", "workorders")))
+    roles = ("readings", "events", "customers", "workorders", "meterpoints")
+    unused = Topics(*(f"readside-edge-unused-{role}" for role in roles))
     rest = BoundaryPolicy(
         quota=QuotaSettings(rate=1000, burst=1000),
         per_client=PerClientSettings(max_per_client=4, retry_after=2.0),
