@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from libs.events.gsrn import is_valid_gsrn
 from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated, SourceKind
@@ -121,11 +122,7 @@ class MeterpointFeed:
         )
         await consumer.start()
         try:
-            await consumer.topics()  # metadata of every topic, so the partitions of ours are known
-            numbers = consumer.partitions_for_topic(self.topic)
-            if not numbers:
-                raise LookupError(f"topic {self.topic} does not exist")
-            partitions = [TopicPartition(self.topic, number) for number in sorted(numbers)]
+            partitions = await self._partitions()
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
@@ -155,6 +152,24 @@ class MeterpointFeed:
                 await self._measure_lag(consumer, partitions)
         finally:
             await consumer.stop()
+
+    async def _partitions(self) -> list[TopicPartition]:
+        # The consumer's own metadata knows assigned topics only; the admin API says which partitions exist.
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            described = await admin.describe_topics([self.topic])
+        finally:
+            await admin.close()
+        numbers = sorted(
+            entry["partition"]
+            for topic in described
+            if topic.get("error_code", 0) == 0
+            for entry in topic.get("partitions", ())
+        )
+        if not numbers:
+            raise LookupError(f"topic {self.topic} does not exist")
+        return [TopicPartition(self.topic, number) for number in numbers]
 
     def _caught_up(self, started: float) -> None:
         self.view.ready = True
