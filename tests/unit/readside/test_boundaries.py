@@ -11,12 +11,14 @@ from pydantic import ValidationError
 from libs.events import InvalidEvent, to_record
 from libs.events.examples import example_events
 from libs.platform.problems import ProblemError
+from libs.platform.tenancy import Principal, PrincipalKind, Role
 from services.readside.batches import decode, roles_of
 from services.readside.commands.rebuild import Progress
 from services.readside.entrypoints.api import decode_cursor, encode_cursor, etag_of
 from services.readside.models import Freshness, WorkOrderPage
 from services.readside.projections import TopicRole
 from services.readside.settings import ReadsideSettings
+from services.readside.views import WORK_ORDERS, tenant_of
 
 
 def consumer_record(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> ConsumerRecord:
@@ -85,3 +87,11 @@ def test_progress_writes_lines_when_not_on_a_terminal() -> None:
     assert "25.0%" in lines[0]
     assert "100.0%" in lines[1]
     assert lines[-1] == "done"
+
+
+def test_a_tenants_work_order_page_is_an_equality_on_its_grid_company() -> None:
+    # An equality (not "$4 IS NULL OR ..."), so a prepared statement's generic plan can use the tenant index.
+    assert "grid_company = $4::text" in WORK_ORDERS[(True, False)]
+    assert "grid_company" not in WORK_ORDERS[(False, True)]
+    assert tenant_of(Principal("web", PrincipalKind.API_KEY, Role.READER, "5790000000012")) == "5790000000012"
+    assert tenant_of(Principal("ops", PrincipalKind.API_KEY, Role.PLATFORM, None)) is None

@@ -10,12 +10,14 @@ from pydantic import ValidationError
 
 from libs.events import WorkOrderStatus, WorkOrderType, with_check_digit
 from libs.platform.problems import ProblemError
+from libs.platform.tenancy import Principal, PrincipalKind, Role
 from services.workorders.adapters.customers_soap import soap_failure
 from services.workorders.domain import OpenWorkOrder
 from services.workorders.entrypoints.api import decode_cursor, encode_cursor, parse_idempotency_key, parse_if_match
-from services.workorders.handlers import ListQuery, request_hash
+from services.workorders.handlers import ListQuery, idempotency_client, request_hash, tenant_of
 from services.workorders.models import CompleteWorkOrder, CreateWorkOrder, ScheduleWorkOrder
 from services.workorders.settings import WorkordersSettings
+from tests.tenants import TENANT_A, TENANT_B
 
 METERPOINT = with_check_digit("57131318040000002")
 
@@ -125,3 +127,13 @@ def test_timestamps_must_be_plausible() -> None:
         with pytest.raises(ValidationError):
             CompleteWorkOrder.model_validate({"result": "failed", "completed_at": moment})
     assert CompleteWorkOrder.model_validate({"result": "failed", "completed_at": "2026-03-02T09:00:00+01:00"})
+
+
+def test_a_callers_scope_is_its_tenant_and_the_platform_has_none() -> None:
+    reader_a = Principal("web", PrincipalKind.API_KEY, Role.READER, TENANT_A)
+    operator_b = Principal("web", PrincipalKind.API_KEY, Role.OPERATOR, TENANT_B)
+    platform = Principal("hub-ops", PrincipalKind.API_KEY, Role.PLATFORM, None)
+    assert (tenant_of(reader_a), tenant_of(operator_b), tenant_of(platform)) == (TENANT_A, TENANT_B, None)
+    # The same client name in two grid companies shares no Idempotency-Keys.
+    assert idempotency_client(reader_a) != idempotency_client(operator_b)
+    assert idempotency_client(platform) == "platform/hub-ops"
