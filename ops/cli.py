@@ -161,6 +161,21 @@ def ftpuser_disable(login: str) -> None:
     raise typer.Exit(ftpusers_main(["disable", login]))
 
 
+holds_app = typer.Typer(help="Readings and alarms held for unknown meterpoints (collection).", no_args_is_help=True)
+app.add_typer(holds_app, name="holds")
+
+
+@holds_app.command("redrive")
+def holds_redrive(
+    batch: Annotated[int, typer.Option(help="DLQ records per publish and commit (1-10000)")] = 500,
+    group: Annotated[str, typer.Option(help="consumer group holding the redrive's DLQ progress")] = "collection-holds",
+) -> None:
+    """Publish held items whose meterpoints are registered now; hold the others again; print the counts."""
+    from services.collection.commands.holds import main as holds_main
+
+    raise typer.Exit(holds_main(["redrive", f"--batch={batch}", f"--group={group}"]))
+
+
 # --- observing ----------------------------------------------------------------------------------------------------
 
 

@@ -13,11 +13,19 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from libs.platform.kafka import start_producer
 from services.collection.adapters.ftpusers import PostgresFtpUserStore, new_ftp_user
 from services.collection.app import create_app
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
 from stack.config import StackConfig
-from tests.integration.collection.support import Device, TopicReader, device_factory
+from tests.integration.collection.support import (
+    FTP_PARTNER,
+    Device,
+    MeterpointRegistry,
+    TopicReader,
+    device_factory,
+    wait_caught_up,
+)
 from tests.tenants import TENANT_A
 
 
@@ -37,6 +45,16 @@ async def topic_reader(kafka_bootstrap: str) -> AsyncIterator[Callable[[str], An
 
 
 @pytest.fixture
+async def meterpoint_registry(kafka_bootstrap: str) -> AsyncIterator[MeterpointRegistry]:
+    """Registers meterpoints on meterpoints.v1 (``registry.register(*ids, source=(kind, id), view=...)``)."""
+    producer = await start_producer(kafka_bootstrap, "collection-test-registry")
+    try:
+        yield MeterpointRegistry(producer)
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
 def devices(stack: StackConfig) -> Iterator[Callable[[], Device]]:
     """Factory of logged-in devices with fresh meterpoints; their broker users are removed afterwards."""
     with device_factory(stack) as make:
@@ -52,6 +70,7 @@ class FtpService:
     root: Path
     registry: CollectorRegistry
     users: PostgresFtpUserStore
+    meterpoints: MeterpointRegistry
 
     async def add_partner(self, login: str | None = None) -> tuple[str, str]:
         login = login or f"p{secrets.token_hex(4)}"
@@ -62,6 +81,11 @@ class FtpService:
     def outbox(self, login: str) -> Path:
         return self.root / "users" / login / "outbox"
 
+    async def register(self, login: str, *meterpoints: str, **changes: Any) -> None:
+        """Register ``meterpoints`` for partner ``login`` and wait until the app's view has them."""
+        view = self.app.state.parts.scope_view
+        await self.meterpoints.register(*meterpoints, source=(FTP_PARTNER, login), view=view, **changes)
+
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 
@@ -70,7 +94,9 @@ FtpFactory = Callable[..., AbstractAsyncContextManager[FtpService]]
 
 
 @pytest.fixture
-async def ftp_service(kafka_bootstrap: str, pg_dsn: str, pg_schema: str, tmp_path: Path) -> AsyncIterator[FtpFactory]:
+async def ftp_service(
+    kafka_bootstrap: str, pg_dsn: str, pg_schema: str, tmp_path: Path, meterpoint_registry: MeterpointRegistry
+) -> AsyncIterator[FtpFactory]:
     """``async with ftp_service(**ftp_settings) as service``: the app with an FTP server on a free port."""
 
     @asynccontextmanager
@@ -97,6 +123,9 @@ async def ftp_service(kafka_bootstrap: str, pg_dsn: str, pg_schema: str, tmp_pat
             parts = app.state.parts
             assert parts.ftp is not None
             assert parts.pool is not None
-            yield FtpService(app, parts.ftp.port, settings.ftp.root, registry, PostgresFtpUserStore(parts.pool))
+            assert parts.meterpoints is not None
+            await wait_caught_up(parts.meterpoints)
+            users = PostgresFtpUserStore(parts.pool)
+            yield FtpService(app, parts.ftp.port, settings.ftp.root, registry, users, meterpoint_registry)
 
     return running

@@ -1,8 +1,10 @@
-"""Helpers for the collection tests against the real stack: fresh meterpoints, MQTT devices, topic readers."""
+"""Helpers for the collection tests against the real stack: fresh meterpoints, MQTT devices, topic readers, and
+the meterpoint registry the scope check needs (MeterpointRegistered events on meterpoints.v1)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import secrets
 import threading
 import time
@@ -19,7 +21,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from libs.events.envelope import make_event
 from libs.events.gsrn import with_check_digit
+from libs.events.meter import Resolution
+from libs.events.meterpoints import (
+    Connection,
+    ConnectionState,
+    DataSource,
+    MeterpointRegistered,
+    MeterpointType,
+    MeterpointUpdated,
+    SettlementMethod,
+    SourceKind,
+)
+from libs.events.records import KafkaRecord, to_record
 from libs.events.topics import PARTITIONS
 from stack.config import StackConfig
 from tests.tenants import TENANT_A
@@ -28,6 +43,103 @@ from tests.tenants import TENANT_A
 def new_meterpoint() -> str:
     """A fresh valid GSRN-18, so a test can pick its own records out of shared topics."""
     return with_check_digit("5713131" + "".join(secrets.choice("0123456789") for _ in range(10)))
+
+
+# --- the meterpoint registry (what the customers service publishes) ----------------------------------------------
+
+
+def meterpoint_record(
+    meterpoint: str,
+    *,
+    tenant: str = TENANT_A,
+    source: tuple[str, str] | None,
+    version: int = 1,
+    topic_prefix: str = "",
+) -> KafkaRecord:
+    """A MeterpointRegistered (version 1) or MeterpointUpdated record, as the registry publishes it."""
+    event_type = MeterpointRegistered if version == 1 else MeterpointUpdated
+    data = event_type(
+        meterpoint_id=meterpoint,
+        grid_company=tenant,
+        grid_area="804",
+        type=MeterpointType.CONSUMPTION,
+        resolution=Resolution.PT15M,
+        settlement_method=SettlementMethod.FLEX,
+        connection=Connection(state=ConnectionState.CONNECTED, since=datetime.date(2025, 1, 1)),
+        data_source=None if source is None else DataSource(kind=SourceKind(source[0]), id=source[1]),
+        version=version,
+    )
+    record = to_record(make_event(data, source="/gridhub/customers-test"))
+    return record._replace(topic=topic_prefix + record.topic)
+
+
+class MeterpointRegistry:
+    """Registers meterpoints the way the customers service does: events on ``<prefix>meterpoints.v1``."""
+
+    def __init__(self, producer: Any, topic_prefix: str = "") -> None:
+        self.producer = producer
+        self.topic_prefix = topic_prefix
+
+    async def register(
+        self,
+        *meterpoints: str,
+        source: tuple[str, str] | None,
+        tenant: str = TENANT_A,
+        version: int = 1,
+        view: Any = None,
+    ) -> None:
+        """Publish one record per meterpoint and wait for the acks; with ``view``, until the view has them too."""
+        acks = [
+            await self.producer.send(record.topic, record.value, key=record.key, headers=record.headers)
+            for record in (
+                meterpoint_record(m, tenant=tenant, source=source, version=version, topic_prefix=self.topic_prefix)
+                for m in meterpoints
+            )
+        ]
+        await asyncio.gather(*acks)
+        if view is not None:
+            await wait_in_view(view, meterpoints, version)
+
+
+async def wait_in_view(view: Any, meterpoints: Any, version: int = 1, timeout: float = 20.0) -> None:
+    """Until ``view`` (a ScopeView) holds ``version`` (or newer) of every meterpoint."""
+    async with asyncio.timeout(timeout):
+        while True:
+            entries = [view.get(m) for m in meterpoints]
+            if all(entry is not None and entry.version >= version for entry in entries):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def wait_caught_up(feed: Any, task: asyncio.Task[None] | None = None, timeout: float = 30.0) -> None:
+    """Until ``feed`` (a MeterpointFeed) has caught up; what its task died of, if it did."""
+    async with asyncio.timeout(timeout):
+        while not feed.caught_up.is_set():
+            if task is not None and task.done():
+                task.result()
+                raise AssertionError("the meterpoint feed ended before it caught up")
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def fed_view(parts: Any, timeout: float = 30.0) -> AsyncIterator[Any]:
+    """Run the scope view's feed of ``parts`` (built with ``build_parts``) until the block ends; enter caught up."""
+    from services.collection.app import create_meterpoint_feed
+
+    feed = create_meterpoint_feed(parts)
+    assert feed is not None
+    task = asyncio.create_task(feed.run())
+    try:
+        await wait_caught_up(feed, task, timeout)
+        yield feed
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+HEAD_END = SourceKind.HEAD_END.value
+FTP_PARTNER = SourceKind.FTP_PARTNER.value
+DEVICE = SourceKind.DEVICE.value
 
 
 class TopicReader:
@@ -229,6 +341,18 @@ class RunningService:
     ftp_root: Path
     ftp_users: Any  # PostgresFtpUserStore
     registry: Any  # prometheus CollectorRegistry
+    client_name: str  # the write key's client: the head-end source a meterpoint must be assigned to
+    meterpoints: MeterpointRegistry
+
+    @property
+    def view(self) -> Any:
+        """The app's scope view."""
+        return self.app.state.parts.scope_view
+
+    async def register(self, *meterpoints: str, source: tuple[str, str] | None = None, **changes: Any) -> None:
+        """Register ``meterpoints`` (by default for this service's write key) and wait until the view has them."""
+        source = source or (HEAD_END, self.client_name)
+        await self.meterpoints.register(*meterpoints, source=source, view=self.view, **changes)
 
     async def add_partner(self) -> tuple[str, str]:
         from services.collection.adapters.ftpusers import new_ftp_user
@@ -296,28 +420,38 @@ async def running_service(settings: Any) -> AsyncIterator[RunningService]:
     from prometheus_client import CollectorRegistry
 
     from libs.platform.apikeys import Role, generate_api_key
+    from libs.platform.kafka import start_producer
     from services.collection.adapters.ftpusers import PostgresFtpUserStore
     from services.collection.app import create_app
 
     registry = CollectorRegistry()
     app = create_app(settings, registry=registry)
-    async with app.router.lifespan_context(app):
-        parts = app.state.parts
-        if parts.mqtt is not None:
-            await parts.mqtt.wait_subscribed(10.0)
-        writer = generate_api_key(f"hes-{secrets.token_hex(3)}", Role.SOURCE, tenant=TENANT_A)
-        await app.state.api_key_store.add(writer.record)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://collection") as http:
-            yield RunningService(
-                app,
-                http,
-                writer.plain_key,
-                parts.ftp.port if parts.ftp is not None else 0,
-                settings.ftp.root,
-                PostgresFtpUserStore(parts.pool),
-                registry,
-            )
+    producer = await start_producer(settings.kafka_bootstrap_servers, "collection-test-registry")
+    try:
+        async with app.router.lifespan_context(app):
+            parts = app.state.parts
+            if parts.meterpoints is not None:
+                await wait_caught_up(parts.meterpoints)
+            if parts.mqtt is not None:
+                await parts.mqtt.wait_subscribed(10.0)
+            client_name = f"hes-{secrets.token_hex(3)}"
+            writer = generate_api_key(client_name, Role.SOURCE, tenant=TENANT_A)
+            await app.state.api_key_store.add(writer.record)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://collection") as http:
+                yield RunningService(
+                    app,
+                    http,
+                    writer.plain_key,
+                    parts.ftp.port if parts.ftp is not None else 0,
+                    settings.ftp.root,
+                    PostgresFtpUserStore(parts.pool),
+                    registry,
+                    client_name,
+                    MeterpointRegistry(producer, settings.kafka_topic_prefix),
+                )
+    finally:
+        await producer.stop()
 
 
 @contextmanager
