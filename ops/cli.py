@@ -73,7 +73,8 @@ DEFAULT_ROLES = {
 }
 CUSTOMERS_LOGINS = (
     "customers authenticates client systems with HTTP Basic, not API keys: run "
-    "`python -m services.customers.commands.auth <client>` and add the printed entry to CUSTOMERS_CLIENTS."
+    "`python -m services.customers.commands.auth <client> --role <role> --tenant <grid company>` and add the "
+    "printed entry to CUSTOMERS_CLIENTS."
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
