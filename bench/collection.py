@@ -942,24 +942,82 @@ def fairness_lines(fair: Fairness, p: Params) -> list[str]:
     ]
 
 
+# --- the run's meterpoints --------------------------------------------------------------------------------------
+
+
+def run_topics(prefix: str) -> list[str]:
+    """The run's own topics: readings and events with their DLQs, and the meterpoints topic the scope view reads."""
+    bases = (topics.READINGS, topics.METER_EVENTS)
+    return [prefix + name for base in bases for name in (base, topics.dlq(base))] + [prefix + topics.METERPOINTS]
+
+
+async def register_meterpoints(bootstrap: str, prefix: str, assignments: Sequence[tuple[str, str, str]]) -> None:
+    """Register ``(meterpoint, source kind, source id)`` on the run's meterpoints topic, as the customers service
+    would (MeterpointRegistered, the bench's grid company), before the service starts: the scope check then finds
+    every meterpoint of the run assigned to the source that delivers it, and the service's readiness waits for its
+    view to have read them."""
+    from bench.common import BENCH_TENANT
+    from libs.events.envelope import make_event
+    from libs.events.meter import Resolution
+    from libs.events.meterpoints import (
+        Connection,
+        ConnectionState,
+        DataSource,
+        MeterpointRegistered,
+        MeterpointType,
+        SettlementMethod,
+        SourceKind,
+    )
+    from libs.events.records import to_record
+    from libs.platform.kafka import start_producer
+
+    producer = await start_producer(bootstrap, "bench-registry")
+    try:
+        acks = []
+        for meterpoint, kind, source_id in assignments:
+            data = MeterpointRegistered(
+                meterpoint_id=meterpoint,
+                grid_company=BENCH_TENANT,
+                grid_area="804",
+                type=MeterpointType.CONSUMPTION,
+                resolution=Resolution.PT15M,
+                settlement_method=SettlementMethod.FLEX,
+                connection=Connection(state=ConnectionState.CONNECTED, since=datetime(2025, 1, 1).date()),
+                data_source=DataSource(kind=SourceKind(kind), id=source_id),
+                version=1,
+            )
+            record = to_record(make_event(data, source="/gridhub/bench"))
+            topic = prefix + record.topic
+            acks.append(await producer.send(topic, record.value, key=record.key, headers=record.headers))
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+
+
 # --- main --------------------------------------------------------------------------------------------------
 
 
 async def run(params: Params, stack: StackConfig, log: Path) -> Results:
     run_id = secrets.token_hex(4)
     prefix = f"bench-{run_id}."
-    names = [prefix + name for base in (topics.READINGS, topics.METER_EVENTS) for name in (base, topics.dlq(base))]
-    async with private_topics(stack.kafka_bootstrap, names):
+    async with private_topics(stack.kafka_bootstrap, run_topics(prefix)):
         return await _run(params, stack, log, run_id, prefix)
 
 
 async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefix: str) -> Results:
     results = Results(params, others=others())
+    digits = f"{int(run_id, 16) % 1000:03d}"
+    meters = meterpoints(1000, f"57131318{digits}")
+    devices_of_run = meterpoints(params.mqtt_processes, f"57131319{digits}")
+    # The REST readings' meterpoints are the bench key's (client "bench"); each MQTT device delivers its own.
+    await register_meterpoints(
+        stack.kafka_bootstrap,
+        prefix,
+        [(m, "head_end", "bench") for m in meters] + [(m, "device", m) for m in devices_of_run],
+    )
     service = start_service(stack, run_id, log, prefix)
     api_key, key_id = await add_api_key(stack)
     try:
-        digits = f"{int(run_id, 16) % 1000:03d}"
-        meters = meterpoints(1000, f"57131318{digits}")
         items = readings(meters, params.rest_readings)
         bodies = [orjson.dumps(items[i : i + params.batch]) for i in range(0, len(items), params.batch)]
         records = records_of(items, service.event_source, prefix)
@@ -975,7 +1033,6 @@ async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefi
                 f"round {round_number + 1}: REST {_k(results.rest[-1])}/s, baseline {_k(results.baseline_rest[-1])}/s"
             )
 
-        devices_of_run = meterpoints(params.mqtt_processes, f"57131319{digits}")
         for round_number in range(params.rounds):
             rate, publish_rate, mqtt_items = await asyncio.to_thread(mqtt_round, stack, service, params, devices_of_run)
             results.mqtt.append(rate)
@@ -1005,6 +1062,8 @@ async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefi
 
 async def fairness_part(params: Params, stack: StackConfig, log: Path, run_id: str, prefix: str) -> Fairness:
     digits = f"{int(run_id, 16) % 1000:03d}"
+    fair_devices = meterpoints(FAIR_NORMAL_DEVICES, f"57131317{digits}") + meterpoints(1, f"57131316{digits}")
+    await register_meterpoints(stack.kafka_bootstrap, prefix, [(m, "device", m) for m in fair_devices])
     service = start_service(stack, f"{run_id}-fair", log.with_suffix(".fair.log"), prefix, FAIR_SERVICE)
     try:
         fair = await fairness(stack, service, prefix, params, digits)
@@ -1017,8 +1076,7 @@ async def fairness_part(params: Params, stack: StackConfig, log: Path, run_id: s
 async def run_fairness(params: Params, stack: StackConfig, log: Path) -> Fairness:
     run_id = secrets.token_hex(4)
     prefix = f"bench-{run_id}."
-    names = [prefix + name for base in (topics.READINGS, topics.METER_EVENTS) for name in (base, topics.dlq(base))]
-    async with private_topics(stack.kafka_bootstrap, names):
+    async with private_topics(stack.kafka_bootstrap, run_topics(prefix)):
         return await fairness_part(params, stack, log, run_id, prefix)
 
 

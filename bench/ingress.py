@@ -7,13 +7,18 @@ breaker and acks=all) with a `TopicRedirect` publisher, so the load of a benchma
 ``chunks`` every batch Kafka acknowledged is noted as ``(partition, last offset, records, arrival)``, arrival being
 the wall-clock time the request reached the ingress (the events' ``time``), so a benchmark can tell when each
 reading became queryable downstream.
+
+The scope check: with ``meterpoints`` the app checks every reading against an in-process view in which they are
+assigned to the benchmark's key (like the in-memory key store, no meterpoints.v1 behind it); without, the check is
+off (``scope.enforce``): these benchmarks measure back pressure, and ``bench.collection`` measures the check's cost
+against the real feed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +40,8 @@ from libs.platform.kafka import start_producer
 from services.collection.adapters.kafka import Publisher
 from services.collection.adapters.lag import ConsumerLagProbe, total_lag
 from services.collection.app import create_app, create_publisher
-from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
+from services.collection.scope import ScopeView
+from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings, ScopeSettings
 from stack.config import StackConfig
 
 PARTITIONS = 6
@@ -132,6 +138,7 @@ async def running_ingress(
     chunks: list[Chunk] | None = None,
     client: str = "head-end-1",
     wrap: Callable[[FastAPI], ASGIApp] | None = None,
+    meterpoints: Sequence[str] | None = None,
 ) -> AsyncIterator[Ingress]:
     """The collection app, REST only, publishing to ``topic`` (see the module docstring); ``wrap`` puts an ASGI
     layer of the benchmark's around it."""
@@ -147,7 +154,14 @@ async def running_ingress(
         mqtt=MqttSettings(enabled=False),
         ftp=FtpSettings(enabled=False),
         boundaries=Boundaries(rest_ingress=rest),
+        scope=ScopeSettings(enforce=meterpoints is not None),
     )
+    view = None
+    if meterpoints is not None:
+        view = ScopeView(max(1, len(meterpoints)))
+        for meterpoint in meterpoints:
+            view.apply(meterpoint, grid_company=BENCH_TENANT, source=("head_end", client), version=1)
+        view.ready = True
     redirect = TopicRedirect(
         {topics.READINGS: topic, topics.dlq(topics.READINGS): f"{topic}.dlq"}, note_arrival=chunks is not None
     )
@@ -158,6 +172,7 @@ async def running_ingress(
         readiness_checks=[],
         registry=CollectorRegistry(),
         admission_signal=signal,
+        scope_view=view,
     )
     producer = await start_producer(stack.kafka_bootstrap, "bench-ingress", linger_ms=settings.kafka_linger_ms)
     probing = None if probe is None else asyncio.create_task(probe.run(), name="lag-probe")

@@ -70,6 +70,7 @@ async def test_mixed_lines_give_a_receipt_and_exactly_the_good_readings_on_kafka
     data = ("\r\n".join(lines) + "\r\n").encode() + b"\xff\xfe,broken\n"  # 15 not UTF-8
     async with ftp_service() as service:
         login, password = await service.add_partner()
+        await service.register(login, first, second)
         client = await ftp_login(service.port, login, password)
         await ftp_upload(client, "/inbox/readings-2025-03-01.csv", data)
         # The receipt is downloadable from the outbox once the file is processed.
@@ -130,6 +131,7 @@ async def test_a_wrong_header_rejects_the_whole_file_with_a_receipt_saying_so(
     data = "\n".join([wrong, csv_line(meterpoint, 1), csv_line(meterpoint, 2)]).encode()
     async with ftp_service() as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         client = await ftp_login(service.port, login, password)
         await ftp_upload(client, "/inbox/wrong.csv", data)
         receipt = orjson.loads(await wait_for_file(service.outbox(login) / "wrong.csv.receipt.json"))
@@ -148,6 +150,7 @@ async def test_path_traversal_is_refused_and_the_partner_keeps_being_served(ftp_
     meterpoint = new_meterpoint()
     async with ftp_service() as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         other, _ = await service.add_partner()
         client = await ftp_login(service.port, login, password)
         for command in (
@@ -213,6 +216,7 @@ async def test_an_oversize_file_is_refused_during_upload_and_never_processed(
     )
     async with ftp_service(boundaries=small, block_size=4096) as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         client = await ftp_login(service.port, login, password)
         codes: list[str] = []
         try:
@@ -240,6 +244,7 @@ async def test_a_partial_upload_is_never_processed(ftp_service: FtpFactory, topi
     half = "\n".join([CSV_HEADER, *(csv_line(meterpoint, q) for q in range(40))]).encode()[:1500]
     async with ftp_service() as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         incoming = service.root / "spool" / login / "incoming"
 
         # 1. The partner aborts (ABOR) in the middle of the transfer.

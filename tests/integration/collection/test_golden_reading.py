@@ -21,6 +21,8 @@ from stack.config import StackConfig
 from stack.mosquitto import Mosquitto
 from stack.process import run
 from tests.integration.collection.support import (
+    DEVICE,
+    FTP_PARTNER,
     Device,
     can_log_in,
     drop_session,
@@ -58,26 +60,36 @@ async def test_the_same_reading_over_rest_mqtt_and_ftp_is_the_same_event(
     stack: StackConfig, pg_dsn: str, pg_schema: str, tmp_path: Path, golden_device: Device, topic_reader: Any
 ) -> None:
     readings = await topic_reader("meter.readings.v1")
+    readings_again = await topic_reader("meter.readings.v1")
     key = GOLDEN["meterpoint_id"].encode()
     expected = GOLDEN["expected"]
     settings = service_settings(stack, pg_dsn, pg_schema, tmp_path / "ftp")
+    ours = produced_by(settings)
     try:
         async with running_service(settings) as service:
+            # A meterpoint has one source at a time: the registry moves it from path to path. The golden meterpoint
+            # is the same in every run, so the versions grow with the clock (a later run's are newer).
+            version = int(time.time()) * 10
+            meterpoint = GOLDEN["meterpoint_id"]
+            await service.register(meterpoint, version=version)
             response = await service.post_readings([GOLDEN["sent"]])
             assert response.status_code == 202, response.text
             assert response.json()["results"][0]["id"] == expected["id"]
 
+            await service.register(meterpoint, source=(DEVICE, meterpoint), version=version + 1)
             assert await asyncio.to_thread(golden_device.publish, orjson.dumps(GOLDEN["sent"])) == 0
+            # The device's reading is in Kafka before the meterpoint moves on to the FTP partner.
+            await readings.read_until(lambda r: r.key == key and ours(r), lambda found: len(found) >= 2)
 
             login, password = await service.add_partner()
+            await service.register(meterpoint, source=(FTP_PARTNER, login), version=version + 2)
             client = await ftp_login(service.ftp_port, login, password)
             await ftp_upload(client, "/inbox/golden.csv", GOLDEN["csv"].encode())
             receipt = orjson.loads(await wait_for_file(service.outbox(login) / "golden.csv.receipt.json"))
             await client.quit()
             assert receipt["lines"] == [{"line": 2, "status": "accepted", "id": expected["id"]}]
 
-            ours = produced_by(settings)
-            records = await readings.read_until(
+            records = await readings_again.read_until(
                 lambda r: r.key == key and ours(r),
                 lambda found: len({orjson.loads(r.value)["time"] for r in found}) >= 3,
             )
