@@ -311,7 +311,7 @@ async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore,
             await uow.publish([event])
             return candidate
         existing = await uow.lock_meterpoint(command.meterpoint_id)
-    if existing is None:  # registered and gone again within this call: nothing deletes meterpoints, so never
+    if existing is None:  # unreachable while nothing deletes meterpoints; kept so a deletion cannot crash this
         raise _no_meterpoint(command.meterpoint_id)
     return check_registration(existing, candidate)
 
