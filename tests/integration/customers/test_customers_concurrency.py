@@ -81,6 +81,30 @@ async def test_of_concurrent_links_to_one_meterpoint_exactly_one_wins(
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'customers.v1'") == len(customers) + 1
 
 
+async def test_concurrent_registrations_of_one_gsrn_store_one_record_and_publish_once(
+    settings_for: Callable[..., CustomersSettings],
+) -> None:
+    retried, contested = with_check_digit("57131318040000100"), with_check_digit("57131318040000200")
+    async with running_app(settings_for()) as app, in_process_soap(app) as soap:
+        # The same registration sent six times at once (a client's impatient retries): one record, one event.
+        same = await asyncio.gather(*(soap.RegisterMeterpoint(**consumption_point(retried)) for _ in range(6)))
+        assert {(point.meterpointId, point.version) for point in same} == {(retried, 1)}
+        # Six different registrations at once: one wins, the others meet its primary key and are conflicts.
+        outcomes = await asyncio.gather(
+            *(
+                soap.RegisterMeterpoint(**consumption_point(contested, source=("head_end", f"hes-{n}")))
+                for n in range(6)
+            ),
+            return_exceptions=True,
+        )
+        codes = [fault_code(outcome) for outcome in outcomes]
+        assert (codes.count(None), codes.count("soap:Client.Conflict")) == (1, 5), outcomes
+        pool = app.state.pool
+        assert await pool.fetchval("SELECT count(*) FROM meterpoints") == 2
+        published = await pool.fetch("SELECT key FROM outbox WHERE topic = 'meterpoints.v1' ORDER BY id")
+        assert sorted(bytes(row["key"]).decode() for row in published) == [retried, contested]
+
+
 async def test_of_concurrent_updates_from_one_version_exactly_one_wins(
     settings_for: Callable[..., CustomersSettings],
 ) -> None:
