@@ -114,7 +114,7 @@ def device_passwd(
     password: Annotated[str | None, typer.Option(help="default: a new random one, printed once")] = None,
     expires_in: ExpiresOption = None,
 ) -> None:
-    """Rotate a meter's password: new logins need the new one at once (no overlap; see docs/security.md)."""
+    """Rotate a meter's password: only the new one logs in, at once (no overlap: give the meter it first)."""
     from services.collection.commands.devices import main as devices_main
 
     raise typer.Exit(devices_main(["passwd", meterpoint_id, *_password_option(password), *_expiry_option(expires_in)]))

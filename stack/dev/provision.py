@@ -1,13 +1,22 @@
-"""Dev credentials for ``make run``: MQTT devices, API keys, the FTP partner and the SOAP login of the simulator.
+"""Dev credentials for ``make run``: two grid companies (tenants), each with its sources, readers and logins.
 
-Everything is made with the services' own tools: ``services.collection.commands.devices`` (Mosquitto's
-password file), ``python -m services.<service>.commands.apikeys`` (collection, workorders, readside) and
-``services.collection.commands.ftpusers`` (run as commands, in parallel), the customers service's scrypt
-``hash_password`` (its ``auth`` command only asks interactively).
+Grid company A (``5790000000012``, "Nordgrid") and B (``5790000000029``, "Sydnet") each get:
+
+- a head-end API key for collection (role ``source``; its client name is the data source the head-end's
+  meterpoints are assigned to), an FTP partner (``source``, its login likewise),
+- a reader key for the read side and one for work orders, and an operator key for work orders,
+- a SOAP client for the customers service (role ``admin``: it registers its meterpoints, customers and links).
+
+A's are the simulator's (it delivers for A only): its MQTT devices are A's too. Everything is made with the
+services' own tools, so every change is audited like an operator's: ``python -m services.<service>.commands.apikeys``
+(collection, workorders, readside), ``services.collection.commands.ftpusers`` and ``.devices`` (run as commands, in
+parallel where they allow it), and the customers service's scrypt ``hash_password`` for ``CUSTOMERS_CLIENTS``.
 
 The credentials are kept in ``<run dir>/credentials.json`` (mode 0600, dev only, inside the git-ignored stack
 folder) and reused by the next run while they still work, so keys do not pile up and a developer's curl
-commands keep working. ``make clean`` deletes the folder together with the databases that know the keys.
+commands keep working. ``make clean`` deletes the folder together with the databases that know the keys. The file's
+top-level ``soap_client``, ``ftp_login``, ``collection_key``, ``workorders_key``, ``readside_key`` and ``devices``
+are grid company A's (what the simulator and the end-to-end test read); ``grid_companies`` holds both.
 """
 
 from __future__ import annotations
@@ -31,7 +40,12 @@ from libs.platform.db import create_pool
 from stack.config import REPO
 
 DEV_GRID_COMPANY = "5790000000012"
-"""The grid company (tenant) the dev stack's principals belong to."""
+"""Grid company A, the simulator's: its devices, head-end and partner deliver the simulated readings."""
+GRID_COMPANIES: tuple[tuple[str, str, str], ...] = (
+    (DEV_GRID_COMPANY, "Nordgrid", ""),
+    ("5790000000029", "Sydnet", "sydnet-"),
+)
+"""(tenant, name, prefix of its principals' names) of the grid companies ``make run`` provisions; A first."""
 _KEY_LINE = re.compile(r"API key \(shown once\): (\S+)")
 
 
@@ -42,8 +56,42 @@ class ApiKey(BaseModel):
     key: str
 
 
+class GridCompany(BaseModel):
+    """One tenant's dev principals."""
+
+    tenant: str
+    name: str
+    soap_client: str
+    soap_password: str
+    ftp_login: str
+    ftp_password: str
+    head_end_key: ApiKey | None = None
+    """collection, role source"""
+    readside_key: ApiKey | None = None
+    """read side, role reader"""
+    workorders_reader_key: ApiKey | None = None
+    """work orders, role reader"""
+    workorders_key: ApiKey | None = None
+    """work orders, role operator"""
+
+    @classmethod
+    def fresh(cls, run_name: str, tenant: str, name: str, prefix: str) -> GridCompany:
+        """New passwords for this grid company in run ``run_name`` (no keys yet)."""
+        return cls(
+            tenant=tenant,
+            name=name,
+            soap_client=f"{run_name}-{prefix.rstrip('-')}" if prefix else run_name,
+            soap_password=secrets.token_urlsafe(24),
+            ftp_login=f"{run_name}-{prefix}partner",
+            ftp_password=secrets.token_urlsafe(24),
+        )
+
+
 class Credentials(BaseModel):
-    """What ``make run`` provisioned; the simulator reads it, the summary prints where it is."""
+    """What ``make run`` provisioned; the simulator reads it, the summary prints it.
+
+    The top-level logins and keys are grid company A's (``grid_companies[0]``), mirrored by `with_companies`.
+    """
 
     run_name: str
     soap_client: str
@@ -54,29 +102,50 @@ class Credentials(BaseModel):
     workorders_key: ApiKey | None = None
     readside_key: ApiKey | None = None
     devices: dict[str, str] = {}
+    grid_companies: list[GridCompany] = []
 
     @classmethod
     def fresh(cls, run_name: str) -> Credentials:
         """New passwords for a run called ``run_name`` (no keys yet)."""
+        companies = [GridCompany.fresh(run_name, *company) for company in GRID_COMPANIES]
+        first = companies[0]
         return cls(
             run_name=run_name,
-            soap_client=run_name,
-            soap_password=secrets.token_urlsafe(24),
-            ftp_login=f"{run_name}-partner",
-            ftp_password=secrets.token_urlsafe(24),
+            soap_client=first.soap_client,
+            soap_password=first.soap_password,
+            ftp_login=first.ftp_login,
+            ftp_password=first.ftp_password,
+            grid_companies=companies,
         )
 
     @classmethod
     def load(cls, path: Path, run_name: str) -> Credentials:
-        """The credentials of an earlier run with the same name, or fresh ones."""
+        """The credentials of an earlier run with the same name and the same grid companies, or fresh ones."""
         if path.exists():
             try:
                 earlier = cls.model_validate_json(path.read_bytes())
             except ValueError:
                 earlier = None
-            if earlier is not None and earlier.run_name == run_name:
+            tenants = [company.tenant for company in earlier.grid_companies] if earlier is not None else []
+            if earlier is not None and earlier.run_name == run_name and tenants == [t for t, _, _ in GRID_COMPANIES]:
                 return earlier
         return cls.fresh(run_name)
+
+    def with_companies(self, companies: list[GridCompany]) -> Credentials:
+        """These grid companies, A's logins and keys mirrored at the top level."""
+        first = companies[0]
+        return self.model_copy(
+            update={
+                "grid_companies": companies,
+                "soap_client": first.soap_client,
+                "soap_password": first.soap_password,
+                "ftp_login": first.ftp_login,
+                "ftp_password": first.ftp_password,
+                "collection_key": first.head_end_key,
+                "workorders_key": first.workorders_key,
+                "readside_key": first.readside_key,
+            }
+        )
 
     def save(self, path: Path) -> None:
         """Write atomically with mode 0600 (dev secrets, but secrets)."""
@@ -89,16 +158,24 @@ class Credentials(BaseModel):
 
 
 def customers_clients(credentials: Credentials, env: Mapping[str, str]) -> str:
-    """``CUSTOMERS_CLIENTS``: the configured (or dev) client systems plus the simulator's login."""
+    """``CUSTOMERS_CLIENTS``: the configured (or dev) client systems plus each grid company's SOAP client.
+
+    Each grid company's client has the ``admin`` role of its tenant: it registers the meterpoints (master data),
+    customers and links of that grid company only.
+    """
     from libs.platform.passwords import hash_password
     from services.customers.settings import DEV_CLIENTS
 
     raw = env.get("CUSTOMERS_CLIENTS", "").strip()
-    dev = {name: client.model_dump(mode="json") for name, client in DEV_CLIENTS.items()}
-    clients: dict[str, Any] = json.loads(raw) if raw else dev
-    # The simulator registers its grid company's meterpoints and customers: an admin of that tenant.
-    password_hash = hash_password(credentials.soap_password)
-    clients[credentials.soap_client] = {"password_hash": password_hash, "role": "admin", "tenant": DEV_GRID_COMPANY}
+    clients: dict[str, Any] = (
+        json.loads(raw) if raw else {name: client.model_dump(mode="json") for name, client in DEV_CLIENTS.items()}
+    )
+    for company in credentials.grid_companies:
+        clients[company.soap_client] = {
+            "password_hash": hash_password(company.soap_password),
+            "role": Role.ADMIN.value,
+            "tenant": company.tenant,
+        }
     return json.dumps(clients)
 
 
@@ -118,8 +195,8 @@ async def run_module(module: str, args: Sequence[str], env: Mapping[str, str] | 
     return process.returncode or 0, output.decode(errors="replace")
 
 
-async def _key_works(dsn: str, schema: str | None, key: ApiKey | None) -> bool:
-    """True when ``key`` is stored, matches and is not revoked."""
+async def _key_works(dsn: str, schema: str | None, key: ApiKey | None, tenant: str, role: Role) -> bool:
+    """True when ``key`` is stored, matches, works now and has ``tenant`` and ``role``."""
     key_id = parse_key_id(key.key) if key is not None else None
     if key is None or key_id is None:
         return False
@@ -128,12 +205,16 @@ async def _key_works(dsn: str, schema: str | None, key: ApiKey | None) -> bool:
         record = await PostgresKeyStore(pool).get(key_id)
     except asyncpg.UndefinedTableError:
         return False
+    except asyncpg.UndefinedColumnError:  # a database from before the key lifecycle; the tool migrates it
+        return False
     finally:
         await pool.close()
-    return record is not None and record.active and verify_api_key(key.key, record)
+    if record is None or not record.active or not verify_api_key(key.key, record):
+        return False
+    return (record.tenant, record.role) == (tenant, role)
 
 
-async def _service_key(service: str, client: str, role: Role, tenant: str = DEV_GRID_COMPANY) -> ApiKey:
+async def _service_key(service: str, client: str, role: Role, tenant: str) -> ApiKey:
     arguments = ["add", client, "--role", role.value, "--tenant", tenant]
     code, output = await run_module(f"services.{service}.commands.apikeys", arguments)
     match = _KEY_LINE.search(output)
@@ -145,75 +226,95 @@ async def _service_key(service: str, client: str, role: Role, tenant: str = DEV_
 
 
 async def ensure_keys(credentials: Credentials) -> Credentials:
-    """Keys for the head-end (collection, write), work planning (work orders, write) and the web (read side, read)."""
+    """Per grid company: the head-end's source key (collection), reader keys (read side, work orders) and an
+    operator key (work orders); a key from an earlier run is kept while it works."""
     from services.collection.settings import CollectionSettings
     from services.readside.settings import ReadsideSettings
     from services.workorders.settings import WorkordersSettings
 
-    collection, workorders, readside = CollectionSettings(), WorkordersSettings(), ReadsideSettings()
+    places = {
+        "collection": (CollectionSettings().postgres_dsn.get_secret_value(), CollectionSettings().postgres_schema),
+        "workorders": (WorkordersSettings().postgres_dsn.get_secret_value(), WorkordersSettings().postgres_schema),
+        "readside": (ReadsideSettings().postgres_dsn.get_secret_value(), ReadsideSettings().postgres_schema),
+    }
     name = credentials.run_name
 
-    async def collection_key() -> ApiKey:
-        dsn = collection.postgres_dsn.get_secret_value()
-        if await _key_works(dsn, collection.postgres_schema, credentials.collection_key):
-            assert credentials.collection_key is not None
-            return credentials.collection_key
-        return await _service_key("collection", f"{name}-head-end", Role.SOURCE)
+    async def key(company: GridCompany, field: str, service: str, client: str, role: Role) -> ApiKey:
+        earlier: ApiKey | None = getattr(company, field)
+        dsn, schema = places[service]
+        if earlier is not None and await _key_works(dsn, schema, earlier, company.tenant, role):
+            return earlier
+        return await _service_key(service, client, role, company.tenant)
 
-    async def workorders_key() -> ApiKey:
-        dsn = workorders.postgres_dsn.get_secret_value()
-        if await _key_works(dsn, workorders.postgres_schema, credentials.workorders_key):
-            assert credentials.workorders_key is not None
-            return credentials.workorders_key
-        return await _service_key("workorders", f"{name}-work-planning", Role.OPERATOR)
+    async def company_keys(company: GridCompany, prefix: str) -> GridCompany:
+        wanted = {
+            "head_end_key": ("collection", f"{name}-{prefix}head-end", Role.SOURCE),
+            "readside_key": ("readside", f"{name}-{prefix}web", Role.READER),
+            "workorders_reader_key": ("workorders", f"{name}-{prefix}web", Role.READER),
+            "workorders_key": ("workorders", f"{name}-{prefix}work-planning", Role.OPERATOR),
+        }
+        made = await asyncio.gather(*(key(company, field, *spec) for field, spec in wanted.items()))
+        return company.model_copy(update=dict(zip(wanted, made, strict=True)))
 
-    async def readside_key() -> ApiKey:
-        dsn = readside.postgres_dsn.get_secret_value()
-        if await _key_works(dsn, readside.postgres_schema, credentials.readside_key):
-            assert credentials.readside_key is not None
-            return credentials.readside_key
-        return await _service_key("readside", f"{name}-web", Role.READER)
-
-    keys = await asyncio.gather(collection_key(), workorders_key(), readside_key())
-    return credentials.model_copy(
-        update={"collection_key": keys[0], "workorders_key": keys[1], "readside_key": keys[2]}
+    prefixes = {tenant: prefix for tenant, _, prefix in GRID_COMPANIES}
+    companies = await asyncio.gather(
+        *(company_keys(company, prefixes.get(company.tenant, "")) for company in credentials.grid_companies)
     )
+    return credentials.with_companies(list(companies))
 
 
-async def ensure_ftp_user(credentials: Credentials) -> None:
-    """The simulator's FTP partner with its password (``ftpusers passwd``, or ``add`` the first time)."""
-    login, password = credentials.ftp_login, credentials.ftp_password
+async def ensure_ftp_user(company: GridCompany) -> None:
+    """The grid company's FTP partner with its password (``ftpusers passwd``, or ``add`` the first time)."""
+    login, password = company.ftp_login, company.ftp_password
     module = "services.collection.commands.ftpusers"
-    code, output = await run_module(module, ["passwd", login, "--password", password])
+    # One word each: a generated password may begin with '-'.
+    code, output = await run_module(module, ["passwd", login, f"--password={password}", f"--tenant={company.tenant}"])
     if code == 1 and "no FTP user" in output:
-        code, output = await run_module(module, ["add", login, "--password", password])
+        code, output = await run_module(module, ["add", login, f"--password={password}", f"--tenant={company.tenant}"])
     if code != 0:
         raise RuntimeError(f"python -m {module} for {login} failed ({code}): {output.strip()}")
 
 
-def ensure_devices(credentials: Credentials, meterpoints: Sequence[str]) -> Credentials:
-    """Let each simulated meter log in to Mosquitto with its own password (``services.collection.commands.devices``)."""
-    from services.collection.commands.devices import add_device
+async def ensure_devices(credentials: Credentials, meterpoints: Sequence[str]) -> Credentials:
+    """Each simulated meter a device of grid company A with its own password (``commands.devices add``)."""
+    from libs.platform.audit import Actor
+    from services.collection.commands.devices import add
+    from services.collection.settings import CollectionSettings
 
+    settings, actor = CollectionSettings(), Actor.operator()
+    tenant = credentials.grid_companies[0].tenant
     devices = dict(credentials.devices)
-    for meterpoint in meterpoints:
-        devices[meterpoint] = add_device(meterpoint, devices.get(meterpoint) or secrets.token_urlsafe(18))
+    for meterpoint in meterpoints:  # one at a time: the broker's password file takes one writer
+        password = devices.get(meterpoint) or secrets.token_urlsafe(18)
+        devices[meterpoint] = await add(settings, meterpoint, tenant=tenant, actor=actor, password=password)
     return credentials.model_copy(update={"devices": devices})
 
 
 async def provision(credentials: Credentials, mqtt_meters: Sequence[str], *, ftp: bool) -> Credentials:
-    """Devices, keys and the FTP partner, in parallel where the tools allow it (the password file does not)."""
-    devices = asyncio.to_thread(ensure_devices, credentials, mqtt_meters)
+    """Keys, FTP partners and SOAP clients of both grid companies, and A's devices, in parallel where they allow it."""
+    devices = ensure_devices(credentials, mqtt_meters)
     keys = ensure_keys(credentials)
-    partner = ensure_ftp_user(credentials) if ftp else asyncio.sleep(0)
-    with_devices, with_keys, _ = await asyncio.gather(devices, keys, partner)
+    partners = [ensure_ftp_user(company) for company in credentials.grid_companies] if ftp else []
+    with_devices, with_keys = await asyncio.gather(devices, keys)
+    await asyncio.gather(*partners)
     return with_keys.model_copy(update={"devices": with_devices.devices})
 
 
 def summary(credentials: Credentials) -> dict[str, Any]:
-    """What the run summary shows (no passwords, only the keys a developer pastes into curl)."""
+    """What the run summary shows per grid company (no passwords, only the keys a developer pastes into curl)."""
+
+    def plain(key: ApiKey | None) -> str | None:
+        return key.key if key is not None else None
+
     return {
-        "collection": credentials.collection_key.key if credentials.collection_key else None,
-        "workorders": credentials.workorders_key.key if credentials.workorders_key else None,
-        "readside": credentials.readside_key.key if credentials.readside_key else None,
+        company.tenant: {
+            "name": company.name,
+            "collection (source)": plain(company.head_end_key),
+            "readside (reader)": plain(company.readside_key),
+            "workorders (reader)": plain(company.workorders_reader_key),
+            "workorders (operator)": plain(company.workorders_key),
+            "ftp partner": company.ftp_login,
+            "soap client (admin)": company.soap_client,
+        }
+        for company in credentials.grid_companies
     }

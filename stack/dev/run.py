@@ -4,8 +4,11 @@
 2. Starts ``python -m services.<name>`` for collection, customers, workorders and readside with dev settings (the
    stack's DSNs, broker and ports; each service migrates its own database on start-up), logging to
    ``<run dir>/<name>.log``, and waits for every ``/readyz`` with a deadline.
-3. Provisions the simulator's devices, API keys, FTP partner and SOAP login with the services' own tools
-   (``stack.dev.provision``), then starts ``python -m stack.dev.simulator`` and prints where everything is.
+3. Provisions two grid companies (A 5790000000012 "Nordgrid", B 5790000000029 "Sydnet"): per grid company a
+   head-end source key, reader keys for the read side and work orders, an operator key for work orders, an FTP
+   partner and a SOAP client, and the simulator's MQTT devices under A, with the services' own tools
+   (``stack.dev.provision``); then starts ``python -m stack.dev.simulator`` (it delivers for A) and prints where
+   everything is, with every grid company's keys.
 4. On Ctrl-C or SIGTERM: the simulator stops first, then the services get SIGTERM in the order of the data flow
    (collection and customers, then workorders, then readside), so in-flight requests finish, consumers commit
    and the outbox relays publish what they hold. Each phase has a deadline, after which a service is killed
@@ -205,6 +208,25 @@ def write_run_file(path: Path, children: Mapping[str, Child]) -> None:
     partial.replace(path)
 
 
+def grid_company_lines(credentials: Credentials) -> list[str]:
+    """Per grid company (tenant): its keys by service and role, its FTP partner and SOAP client."""
+    lines = []
+    for company in credentials.grid_companies:
+        simulated = " (the simulator's, with its MQTT devices)" if company is credentials.grid_companies[0] else ""
+        lines.append(f"  grid company {company.tenant} {company.name}{simulated}")
+        for label, key in (
+            ("collection source", company.head_end_key),
+            ("readside reader", company.readside_key),
+            ("workorders reader", company.workorders_reader_key),
+            ("workorders operator", company.workorders_key),
+        ):
+            if key is not None:
+                lines.append(f"      {label:<20} {key.client:<32} {key.key}")
+        lines.append(f"      {'FTP partner':<20} {company.ftp_login}")
+        lines.append(f"      {'SOAP client (admin)':<20} {company.soap_client}")
+    return lines
+
+
 def print_summary(
     env: Mapping[str, str], config: StackConfig, credentials: Credentials, sim: SimulatorSettings | None, folder: Path
 ) -> None:
@@ -232,10 +254,11 @@ def print_summary(
         f"  metrics     {c}/metrics  {cu}/metrics  {w}/metrics  {r}/metrics   (health: /healthz, /readyz)",
         f"  logs        {_relative(folder)}/<service>.log" + (f", {_relative(folder)}/simulator.log" if sim else ""),
     ]
+    lines.append(
+        f"  credentials {_relative(folder / 'credentials.json')} (dev only: API keys, FTP/SOAP logins, devices)"
+    )
+    lines += grid_company_lines(credentials)
     if sim is not None:
-        lines.append(
-            f"  credentials {_relative(folder / 'credentials.json')} (dev only: API keys, FTP/SOAP logins, devices)"
-        )
         plan = sim.plan()
         example = (plan.mqtt or plan.rest or plan.ftp or ["<gsrn>"])[0]
         lines += [
@@ -347,21 +370,21 @@ class Runner:
             print(f"\n{error}", file=sys.stderr)
             return False
         print("all four services are ready", flush=True)
-        if sim is None or plan is None:
-            print_summary(env, config, credentials, None, self.run_dir)
-            return True
+        # Both grid companies' keys, partners and SOAP clients, with or without the simulator; devices for its meters.
+        meters = plan.mqtt if sim is not None and plan is not None else []
         try:
             async with asyncio.timeout(120):
-                provisioned = await self.until_stopped(
-                    provision(credentials, plan.mqtt, ftp=ftp_on and sim.ftp and bool(plan.ftp))
-                )
+                provisioned = await self.until_stopped(provision(credentials, meters, ftp=ftp_on))
         except (RuntimeError, ValueError, OSError, TimeoutError) as error:
-            print(f"provisioning the simulator's credentials failed: {error}", file=sys.stderr)
+            print(f"provisioning the grid companies' credentials failed: {error}", file=sys.stderr)
             return False
         if provisioned is None:
             return False
         credentials = provisioned
         credentials.save(credentials_file)
+        if sim is None or plan is None:
+            print_summary(env, config, credentials, None, self.run_dir)
+            return True
         args = [
             "stack.dev.simulator",
             f"--credentials={credentials_file}",

@@ -390,7 +390,8 @@ def own_ftp_partner(env: dict[str, str], tag: str) -> Iterator[tuple[str, str]]:
     login, password = f"e2e-{tag}", secrets.token_urlsafe(18)
     tool = [sys.executable, "-m", "services.collection.commands.ftpusers"]
     env = service_environment(StackConfig(), env)  # the collection database of this stack, as stack.dev.run gave it
-    added = subprocess.run([*tool, "add", login, "--password", password], env=env, capture_output=True, timeout=60)
+    argv = [*tool, "add", login, f"--password={password}", "--tenant=5790000000012"]  # grid company A
+    added = subprocess.run(argv, env=env, capture_output=True, timeout=60)
     assert added.returncode == 0, added.stdout + added.stderr
     try:
         yield login, password

@@ -6,11 +6,13 @@
 A device is a principal (role ``source``) of one grid company: the collection database's ``device_accounts`` says
 whose it is, since when its password holds and when it ends (`services.collection.adapters.devices`), written in
 one transaction with its audit event (`libs.platform.audit`); the broker holds the password. Mosquitto keeps one
-password per user, so a rotation has no overlap: the new password holds for every login from the broker's reload on
-(at once), the old one opens no new session. A session already open when the password changes is left open until
-the device disconnects (its next CONNECT needs the new password); ``remove`` is the way to cut a device off. Expiry:
-the broker knows no end date, so ``prune`` (run it from cron, e.g. hourly) takes every expired device out of the
-broker and marks it removed; a device works at most one prune interval past its end.
+password per user, so a rotation has no overlap: from the broker's reload (SIGHUP, at once) only the new password
+logs in, and the broker also closes a session opened with the old one (Mosquitto 2 re-checks connected clients on
+reload; the ops tests show it). So the meter gets its new password first (over its head-end or management channel),
+then ``passwd`` runs; the meter reconnects with the new password, and readings it had not got a PUBACK for are sent
+again (nothing acknowledged is lost). ``remove`` cuts a device off the same way. Expiry: the broker knows no end
+date, so ``prune`` (run it from cron, e.g. every 5 minutes) takes every expired device out of the broker and marks it
+removed; a device works at most one prune interval past its end.
 
 A device logs in with its meterpoint id (GSRN-18) as user name; the broker's ACL pattern
 (``pattern write gridhub/meters/%u/readings`` and ``.../events``) lets it publish under its own meterpoint only.
@@ -263,7 +265,7 @@ async def _run(args: argparse.Namespace, settings: CollectionSettings) -> int:
         if changed is None:
             print(f"no device {args.meterpoint_id}", file=sys.stderr)
             return 1
-        print(f"password of device {args.meterpoint_id} changed: every new login needs it")
+        print(f"password of device {args.meterpoint_id} changed: a session with the old one is closed")
         if args.password is None:
             print(f"password (shown once): {changed}")
         return 0
