@@ -27,11 +27,21 @@ from tests.tenants import TENANT_A
 COMMANDS = [
     [],
     ["device", "add"],
+    ["device", "passwd"],
     ["device", "remove"],
+    ["device", "list"],
+    ["device", "prune"],
     ["apikey", "add"],
+    ["apikey", "rotate"],
     ["apikey", "revoke"],
+    ["apikey", "list"],
     ["ftpuser", "add"],
+    ["ftpuser", "rotate"],
+    ["ftpuser", "passwd"],
     ["ftpuser", "disable"],
+    ["ftpuser", "list"],
+    ["tenant", "list"],
+    ["audit", "list"],
     ["lag"],
     ["breakers"],
     ["outbox"],
@@ -75,7 +85,7 @@ def test_breakers_names_services_it_cannot_reach() -> None:
 @pytest.mark.mqtt
 def test_a_device_is_added_and_removed(stack: StackConfig) -> None:
     meterpoint = with_check_digit("5713131" + "".join(secrets.choice("0123456789") for _ in range(10)))
-    added = CliRunner().invoke(app, ["device", "add", meterpoint])
+    added = CliRunner().invoke(app, ["device", "add", meterpoint, "--tenant", TENANT_A])
     assert added.exit_code == 0, added.output
     assert "password (shown once)" in added.output
     assert f"{meterpoint}:" in Path(Mosquitto(stack).passwd).read_text()
@@ -121,7 +131,7 @@ async def _stored(stack: StackConfig, database: str, schema: str | None, key_id:
 @pytest.mark.postgres
 def test_a_partner_password_may_begin_with_a_dash(stack: StackConfig) -> None:
     login, password = f"p{secrets.token_hex(4)}", "-" + secrets.token_urlsafe(16)
-    added = CliRunner().invoke(app, ["ftpuser", "add", login, "--password", password])
+    added = CliRunner().invoke(app, ["ftpuser", "add", login, "--tenant", TENANT_A, "--password", password])
     assert added.exit_code == 0, added.output
     assert password not in added.output, "a password the operator chose is not printed back"
     user = asyncio.run(_partner(stack, login))
@@ -132,7 +142,8 @@ def test_a_partner_password_may_begin_with_a_dash(stack: StackConfig) -> None:
 @pytest.mark.mqtt
 def test_a_device_password_may_begin_with_a_dash(stack: StackConfig) -> None:
     meterpoint = with_check_digit("5713131" + "".join(secrets.choice("0123456789") for _ in range(10)))
-    added = CliRunner().invoke(app, ["device", "add", meterpoint, "--password", "-x" + secrets.token_urlsafe(12)])
+    password = "-x" + secrets.token_urlsafe(12)
+    added = CliRunner().invoke(app, ["device", "add", meterpoint, "--tenant", TENANT_A, "--password", password])
     try:
         assert added.exit_code == 0, added.output
         assert f"{meterpoint}:" in Path(Mosquitto(stack).passwd).read_text()
