@@ -28,6 +28,7 @@ from libs.flowcontrol.clock import Clock
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.policy import Boundary, build_boundary
 from libs.flowcontrol.quota import Quota
+from libs.platform.audit import AUDIT_COMPONENT, AUDIT_MIGRATIONS
 from libs.platform.database import open_database
 from libs.platform.db import postgres_readiness
 from libs.platform.health import ReadinessRegistry, health_router
@@ -94,7 +95,8 @@ async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
     """Start every part, pushing each one's stop callback on ``parts.exits`` right after it started."""
     settings, exits = parts.settings, parts.exits
     parts.stopping = asyncio.Event()
-    parts.pool = pool = await open_database(settings, [(OUTBOX_COMPONENT, OUTBOX_MIGRATIONS), (COMPONENT, MIGRATIONS)])
+    components = [(OUTBOX_COMPONENT, OUTBOX_MIGRATIONS), (AUDIT_COMPONENT, AUDIT_MIGRATIONS), (COMPONENT, MIGRATIONS)]
+    parts.pool = pool = await open_database(settings, components)
     exits.push_async_callback(pool.close)
     parts.readiness.add(postgres_readiness(pool))
     parts.store = store = PostgresCustomerStore(

@@ -4,15 +4,18 @@ together.
 The store is a port (`CustomerStore`); the PostgreSQL adapter implements it. A unit of work is one database
 transaction: the state change and its events (written to the outbox) commit together or not at all.
 
-The caller (a `Principal`: role and grid company) scopes every command: a customer or meterpoint it does not see
-(`Principal.sees`) raises exactly the `NotFound` of an id that does not exist, so nobody learns another grid
-company's ids by probing. Whether the caller's role may run the operation at all is checked before (soap.py).
+The caller (a `Caller`: its `Principal`, with role and grid company, and where it called from) scopes every
+command: a customer or meterpoint it does not see (`Principal.sees`) raises exactly the `NotFound` of an id that
+does not exist, so nobody learns another grid company's ids by probing. Whether the caller's role may run the
+operation at all is checked before (soap.py). Changes of an owner or of a meterpoint's data source (scope and
+assignment) write an audit event (`libs.platform.audit`) in the transaction of the change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import date
 from typing import Protocol, TypeVar
 
@@ -29,6 +32,7 @@ from libs.events import (
     MeterpointUpdated,
 )
 from libs.events import Contact as EventContact
+from libs.platform.audit import Actor, DetailValue
 from libs.platform.tenancy import Principal
 from services.customers.domain import (
     MAX_LINKS_IN_RESPONSE,
@@ -66,6 +70,34 @@ from services.customers.registry import (
 )
 
 _Owned = TypeVar("_Owned", Customer, Meterpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who calls (its principal) and from where (its remote address, for the audit trail)."""
+
+    principal: Principal
+    origin: str = "unknown"
+
+    @property
+    def name(self) -> str:
+        return self.principal.name
+
+    @property
+    def tenant(self) -> str | None:
+        return self.principal.tenant
+
+    @property
+    def is_platform(self) -> bool:
+        return self.principal.is_platform
+
+    def sees(self, tenant: str | None) -> bool:
+        """`Principal.sees`: the one tenant test."""
+        return self.principal.sees(tenant)
+
+    def actor(self) -> Actor:
+        """The caller as the audit trail names it."""
+        return Actor.of_principal(self.principal, origin=self.origin)
 
 
 class StoreUnavailable(Exception):
@@ -110,6 +142,12 @@ class UnitOfWork(Protocol):
         ...
 
     async def save_meterpoint(self, meterpoint: Meterpoint) -> None: ...
+
+    async def audit(
+        self, actor: Actor, action: str, subject: str, tenant: str | None, detail: Mapping[str, DetailValue]
+    ) -> None:
+        """Write an audit event (`libs.platform.audit.record_audit`), in this transaction."""
+        ...
 
     async def publish(self, events: Sequence[EventData]) -> None:
         """Write events to the outbox, in this transaction."""
@@ -160,12 +198,12 @@ def _no_meterpoint(meterpoint_id: str) -> NotFound:
     return NotFound(f"there is no meterpoint {meterpoint_id}", reason="meterpoint_not_found")
 
 
-def _visible(record: _Owned | None, caller: Principal) -> _Owned | None:
+def _visible(record: _Owned | None, caller: Caller) -> _Owned | None:
     """``record`` when the caller may see it; None (as if it did not exist) otherwise."""
     return record if record is not None and caller.sees(record.grid_company) else None
 
 
-def _may_reassign(caller: Principal, grid_company: str | None, current: str | None) -> None:
+def _may_reassign(caller: Caller, grid_company: str | None, current: str | None) -> None:
     """Only the platform moves a record to another grid company (or adopts one from before tenancy)."""
     if grid_company is not None and grid_company != current and not caller.is_platform:
         message = f"client {caller.name} cannot move records to another grid company"
@@ -186,8 +224,8 @@ def _customer_event(
     )
 
 
-async def register_customer(command: RegisterCustomer, store: CustomerStore, caller: Principal) -> Customer:
-    owner = owning_tenant(caller, command.grid_company)
+async def register_customer(command: RegisterCustomer, store: CustomerStore, caller: Caller) -> Customer:
+    owner = owning_tenant(caller.principal, command.grid_company)
     async with store.unit_of_work() as uow:
         customer = Customer(await uow.new_customer_id(), command.details, version=1, grid_company=owner)
         await uow.insert_customer(customer)
@@ -195,7 +233,7 @@ async def register_customer(command: RegisterCustomer, store: CustomerStore, cal
     return customer
 
 
-async def get_customer(command: GetCustomer, store: CustomerStore, caller: Principal) -> CustomerWithLinks:
+async def get_customer(command: GetCustomer, store: CustomerStore, caller: Caller) -> CustomerWithLinks:
     customer = _visible(await store.get_customer(command.customer_id), caller)
     if customer is None:
         raise _not_found(command.customer_id)
@@ -203,7 +241,7 @@ async def get_customer(command: GetCustomer, store: CustomerStore, caller: Princ
     return CustomerWithLinks(customer, tuple(links[:MAX_LINKS_IN_RESPONSE]), len(links) > MAX_LINKS_IN_RESPONSE)
 
 
-async def update_customer(command: UpdateCustomer, store: CustomerStore, caller: Principal) -> Customer:
+async def update_customer(command: UpdateCustomer, store: CustomerStore, caller: Caller) -> Customer:
     async with store.unit_of_work() as uow:
         current = _visible(await uow.lock_customer(command.customer_id), caller)
         if current is None:
@@ -214,16 +252,19 @@ async def update_customer(command: UpdateCustomer, store: CustomerStore, caller:
             return current  # nothing changed: no new version, no event
         await uow.save_customer(updated)
         await uow.publish([_customer_event(CustomerUpdated, updated)])
+        if updated.grid_company != current.grid_company:
+            detail = {"from_grid_company": current.grid_company, "version": updated.version}
+            await uow.audit(caller.actor(), "customer.move", updated.customer_id, updated.grid_company, detail)
     return updated
 
 
-async def find_customers(command: FindCustomers, store: CustomerStore, caller: Principal) -> CustomerPage:
+async def find_customers(command: FindCustomers, store: CustomerStore, caller: Caller) -> CustomerPage:
     search = command.search
     customers, total = await store.find_customers(search, None if caller.is_platform else caller.tenant)
     return CustomerPage(tuple(customers), search.page_number, search.page_size, total)
 
 
-async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore, caller: Principal) -> MeterpointLink:
+async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore, caller: Caller) -> MeterpointLink:
     candidate = MeterpointLink(command.customer_id, command.meterpoint_id, command.move_in)
     async with store.unit_of_work() as uow:
         customer = _visible(await uow.lock_customer(command.customer_id), caller)
@@ -248,7 +289,7 @@ async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore, caller:
     return link
 
 
-async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore, caller: Principal) -> MeterpointLink:
+async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore, caller: Caller) -> MeterpointLink:
     async with store.unit_of_work() as uow:
         if _visible(await uow.lock_customer(command.customer_id), caller) is None:
             raise _not_found(command.customer_id)
@@ -269,7 +310,7 @@ async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore, cal
 
 
 async def get_meterpoint_customer(
-    command: GetMeterpointCustomer, store: CustomerStore, caller: Principal
+    command: GetMeterpointCustomer, store: CustomerStore, caller: Caller
 ) -> MeterpointHolder:
     holder = await store.holder_on(command.meterpoint_id, command.on_date)
     if holder is None or not caller.sees(holder.customer.grid_company):
@@ -303,12 +344,15 @@ def _meterpoint_event(
     )
 
 
-async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore, caller: Principal) -> Meterpoint:
-    candidate = Meterpoint(command.meterpoint_id, owning_tenant(caller, command.grid_company), command.spec, 1)
+async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore, caller: Caller) -> Meterpoint:
+    owner = owning_tenant(caller.principal, command.grid_company)
+    candidate = Meterpoint(command.meterpoint_id, owner, command.spec, 1)
     event = _meterpoint_event(MeterpointRegistered, candidate)  # built first: a record it refuses is never stored
     async with store.unit_of_work() as uow:
         if await uow.insert_meterpoint(candidate):
             await uow.publish([event])
+            detail = {"data_source": _source_text(candidate), "version": 1}
+            await uow.audit(caller.actor(), "meterpoint.register", candidate.meterpoint_id, owner, detail)
             return candidate
         existing = await uow.lock_meterpoint(command.meterpoint_id)
     if existing is None:  # unreachable while nothing deletes meterpoints; kept so a deletion cannot crash this
@@ -316,7 +360,7 @@ async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore,
     return check_registration(existing, candidate)
 
 
-async def update_meterpoint(command: UpdateMeterpoint, store: CustomerStore, caller: Principal) -> Meterpoint:
+async def update_meterpoint(command: UpdateMeterpoint, store: CustomerStore, caller: Caller) -> Meterpoint:
     async with store.unit_of_work() as uow:
         current = _visible(await uow.lock_meterpoint(command.meterpoint_id), caller)
         if current is None:
@@ -328,17 +372,38 @@ async def update_meterpoint(command: UpdateMeterpoint, store: CustomerStore, cal
         event = _meterpoint_event(MeterpointUpdated, updated)
         await uow.save_meterpoint(updated)
         await uow.publish([event])
+        await _audit_scope(uow, caller, current, updated)
     return updated
 
 
-async def get_meterpoint(command: GetMeterpoint, store: CustomerStore, caller: Principal) -> Meterpoint:
+def _source_text(meterpoint: Meterpoint) -> str | None:
+    source = meterpoint.spec.data_source
+    return None if source is None else f"{source.kind.value}:{source.id}"
+
+
+async def _audit_scope(uow: UnitOfWork, caller: Caller, before: Meterpoint, after: Meterpoint) -> None:
+    """Audit what changes who may deliver or see the meterpoint: its data source and its owner."""
+    subject, version = after.meterpoint_id, after.version
+    if before.spec.data_source != after.spec.data_source:
+        detail: dict[str, DetailValue] = {
+            "data_source": _source_text(after),
+            "previous_data_source": _source_text(before),
+            "version": version,
+        }
+        await uow.audit(caller.actor(), "meterpoint.assign", subject, after.grid_company, detail)
+    if before.grid_company != after.grid_company:
+        detail = {"from_grid_company": before.grid_company, "version": version}
+        await uow.audit(caller.actor(), "meterpoint.move", subject, after.grid_company, detail)
+
+
+async def get_meterpoint(command: GetMeterpoint, store: CustomerStore, caller: Caller) -> Meterpoint:
     meterpoint = _visible(await store.get_meterpoint(command.meterpoint_id), caller)
     if meterpoint is None:
         raise _no_meterpoint(command.meterpoint_id)
     return meterpoint
 
 
-async def list_meterpoints(command: ListMeterpoints, store: CustomerStore, caller: Principal) -> MeterpointPage:
+async def list_meterpoints(command: ListMeterpoints, store: CustomerStore, caller: Caller) -> MeterpointPage:
     if caller.is_platform:
         grid_company = command.grid_company
     elif command.grid_company not in (None, caller.tenant):

@@ -27,6 +27,7 @@ import asyncpg
 from libs.events import CustomerKind, EventData, make_event, to_record, topics
 from libs.events.meter import Resolution
 from libs.events.meterpoints import ConnectionState, MeterpointType, SettlementMethod, SourceKind
+from libs.platform.audit import Actor, DetailValue, record_audit
 from libs.platform.db import Connection
 from libs.platform.outbox import OutboxRecord, add_to_outbox
 from services.customers.domain import (
@@ -268,6 +269,11 @@ class PostgresUnitOfWork:
 
     async def save_meterpoint(self, meterpoint: Meterpoint) -> None:
         await self._conn.execute(_SAVE_METERPOINT, *_meterpoint_values(meterpoint))
+
+    async def audit(
+        self, actor: Actor, action: str, subject: str, tenant: str | None, detail: Mapping[str, DetailValue]
+    ) -> None:
+        await record_audit(self._conn, actor=actor, action=action, subject=subject, tenant=tenant, detail=detail)
 
     async def publish(self, events: Sequence[EventData]) -> None:
         records = []

@@ -51,7 +51,7 @@ from services.customers.entrypoints.soap_xml import (
     parse_document,
     response_envelope,
 )
-from services.customers.handlers import CustomerStore, StoreUnavailable
+from services.customers.handlers import Caller, CustomerStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,10 @@ class Operation(Generic[C, R]):
 
     role: Role
     decode: Callable[[etree._Element], C]
-    handle: Callable[[C, CustomerStore, Principal], Awaitable[R]]
+    handle: Callable[[C, CustomerStore, Caller], Awaitable[R]]
     encode: Callable[[R], etree._Element]
 
-    async def run(self, payload: etree._Element, store: CustomerStore, caller: Principal) -> etree._Element:
+    async def run(self, payload: etree._Element, store: CustomerStore, caller: Caller) -> etree._Element:
         return self.encode(await self.handle(self.decode(payload), store, caller))
 
 
@@ -222,7 +222,8 @@ class SoapEndpoint:
         operation = "-"
         client = "-"
         try:
-            principal = await self._authenticator.authenticate(request.headers.get("authorization"), _remote(request))
+            remote = _remote(request)
+            principal = await self._authenticator.authenticate(request.headers.get("authorization"), remote)
             client = principal.name
             self._admit(client)
             async with self._concurrency():
@@ -232,7 +233,7 @@ class SoapEndpoint:
                 _authorize(principal, operation, handler.role)
                 soap_codec.check_schema(self._schema, payload)
                 async with asyncio.timeout(self._timeout):
-                    result = await handler.run(payload, self.store, principal)
+                    result = await handler.run(payload, self.store, Caller(principal, remote))
             return Response(response_envelope(result), media_type=CONTENT_TYPE)
         except Exception as error:
             fault = to_fault(error)

@@ -262,7 +262,7 @@ async def test_a_unit_of_work_that_fails_after_writing_events_leaves_neither_sta
         )
         with pytest.raises(RuntimeError, match="after the outbox write"):
             await handlers.register_customer(
-                RegisterCustomer(details), store, DEV_CLIENTS["billing"].principal("billing")
+                RegisterCustomer(details), store, handlers.Caller(DEV_CLIENTS["billing"].principal("billing"))
             )
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         assert await pool.fetchval("SELECT count(*) FROM customers") == 0

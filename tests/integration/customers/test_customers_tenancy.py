@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from libs.events import with_check_digit
+from libs.platform.audit import list_audit
 from tests.integration.customers.support import (
     ServiceProcess,
     consumption_point,
@@ -496,8 +497,73 @@ async def test_customers_from_before_tenancy_are_the_platforms_until_it_assigns_
         tenancy, tenancy.customers_topic, lambda seen: any(e["subject"] == customer_id for e in seen)
     )
     (updated,) = [e for e in events if e["subject"] == customer_id]
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": tenancy.service.env["TEST_SCHEMA"]})
+    try:
+        (audited,) = [event for event in await list_audit(conn) if event.subject == customer_id]
+    finally:
+        await conn.close()
+    assert (audited.action, audited.actor, audited.tenant, dict(audited.detail)) == (
+        "customer.move",
+        "platform",
+        TENANT_A,
+        {"from_grid_company": None, "version": 2},
+    )
     assert (updated["type"], updated["data"]["grid_company"], updated["data"]["version"]) == (
         "gridhub.customer.updated",
         TENANT_A,
         2,
     )
+
+
+async def test_owners_and_data_source_assignments_are_audited_in_the_change_s_transaction(
+    tenancy: Tenancy, pg_dsn: str
+) -> None:
+    gsrn = new_gsrn()
+
+    def calls() -> None:
+        admin, platform = tenancy.soap("a-admin"), tenancy.soap("platform")
+        admin.RegisterMeterpoint(**consumption_point(gsrn))
+        admin.UpdateMeterpoint(expectedVersion=1, **consumption_point(gsrn, source=("ftp_partner", "mdm-partner")))
+        admin.UpdateMeterpoint(
+            expectedVersion=2, **consumption_point(gsrn, source=("ftp_partner", "mdm-partner"), resolution="PT1H")
+        )
+        platform.UpdateMeterpoint(
+            expectedVersion=3, gridCompany=TENANT_B, **consumption_point(gsrn, source=None, resolution="PT1H")
+        )
+        # A refused change leaves no audit event behind.
+        with pytest.raises(zeep.exceptions.Fault):
+            admin.UpdateMeterpoint(expectedVersion=4, **consumption_point(gsrn))
+
+    await asyncio.to_thread(calls)
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": tenancy.service.env["TEST_SCHEMA"]})
+    try:
+        events = [event for event in await list_audit(conn) if event.subject == gsrn]
+    finally:
+        await conn.close()
+    summary = [(e.action, e.actor, e.actor_kind, e.tenant, dict(e.detail)) for e in events]
+    assert summary == [
+        (
+            "meterpoint.register",
+            "a-admin",
+            "soap_client",
+            TENANT_A,
+            {"data_source": "head_end:hes-north", "version": 1},
+        ),
+        (
+            "meterpoint.assign",
+            "a-admin",
+            "soap_client",
+            TENANT_A,
+            {"data_source": "ftp_partner:mdm-partner", "previous_data_source": "head_end:hes-north", "version": 2},
+        ),
+        # Version 3 (the resolution) changed neither the source nor the owner: not audited.
+        (
+            "meterpoint.assign",
+            "platform",
+            "soap_client",
+            TENANT_B,
+            {"data_source": None, "previous_data_source": "ftp_partner:mdm-partner", "version": 4},
+        ),
+        ("meterpoint.move", "platform", "soap_client", TENANT_B, {"from_grid_company": TENANT_A, "version": 4}),
+    ]
+    assert {event.origin for event in events} == {"127.0.0.1"}
