@@ -48,3 +48,19 @@ def test_ports_come_from_the_services_variables_with_their_defaults() -> None:
         "wo.meter-events",
         "wo.customers",
     ]
+
+
+def test_audit_since_is_a_duration_back_a_date_or_a_datetime() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pytest
+
+    from ops.principals import parse_since
+
+    now = datetime(2026, 12, 4, 12, tzinfo=UTC)
+    assert parse_since("24h", now=now) == now - timedelta(hours=24)
+    assert parse_since("2026-12-01", now=now) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert parse_since("2026-12-01T06:00:00+01:00", now=now) == datetime(2026, 12, 1, 5, tzinfo=UTC)
+    assert parse_since("2026-12-01T06:00:00", now=now) == datetime(2026, 12, 1, 6, tzinfo=UTC)
+    with pytest.raises(ValueError, match="duration"):
+        parse_since("last week", now=now)
