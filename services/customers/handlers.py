@@ -91,6 +91,11 @@ class Caller:
     def is_platform(self) -> bool:
         return self.principal.is_platform
 
+    @property
+    def scope(self) -> str | None:
+        """The grid company whose rows the store returns: the caller's own, or None (every row) for the platform."""
+        return None if self.principal.is_platform else self.principal.tenant
+
     def sees(self, tenant: str | None) -> bool:
         """`Principal.sees`: the one tenant test."""
         return self.principal.sees(tenant)
@@ -111,8 +116,9 @@ class UnitOfWork(Protocol):
 
     async def insert_customer(self, customer: Customer) -> None: ...
 
-    async def lock_customer(self, customer_id: str) -> Customer | None:
-        """The customer, locked until commit: writers of one customer (one Kafka key) go one at a time."""
+    async def lock_customer(self, customer_id: str, grid_company: str | None) -> Customer | None:
+        """The customer if it belongs to ``grid_company`` (None: to any), locked until commit: writers of one customer
+        (one Kafka key) go one at a time. Another grid company's row is neither returned nor locked."""
         ...
 
     async def save_customer(self, customer: Customer) -> None: ...
@@ -133,12 +139,14 @@ class UnitOfWork(Protocol):
         """Store a new meterpoint; False (nothing stored) when its id is registered already."""
         ...
 
-    async def lock_meterpoint(self, meterpoint_id: str) -> Meterpoint | None:
-        """The meterpoint, locked until commit (its writers, one Kafka key, go one at a time)."""
+    async def lock_meterpoint(self, meterpoint_id: str, grid_company: str | None) -> Meterpoint | None:
+        """The meterpoint if it belongs to ``grid_company`` (None: to any), locked until commit (its writers, one
+        Kafka key, go one at a time)."""
         ...
 
-    async def share_meterpoint(self, meterpoint_id: str) -> Meterpoint | None:
-        """The meterpoint, kept from changing until commit (a link reads its grid company)."""
+    async def share_meterpoint(self, meterpoint_id: str, grid_company: str | None) -> Meterpoint | None:
+        """The meterpoint if it belongs to ``grid_company`` (None: to any), kept from changing until commit (a link
+        reads its grid company)."""
         ...
 
     async def save_meterpoint(self, meterpoint: Meterpoint) -> None: ...
@@ -159,7 +167,9 @@ class CustomerStore(Protocol):
 
     def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
 
-    async def get_customer(self, customer_id: str) -> Customer | None: ...
+    async def get_customer(self, customer_id: str, grid_company: str | None) -> Customer | None:
+        """The customer if it belongs to ``grid_company`` (None: to any)."""
+        ...
 
     async def links_of_customer(self, customer_id: str, limit: int) -> list[MeterpointLink]: ...
 
@@ -167,9 +177,13 @@ class CustomerStore(Protocol):
         """A page of matches and the total; of one grid company, or of all for None (the platform)."""
         ...
 
-    async def holder_on(self, meterpoint_id: str, day: date) -> MeterpointHolder | None: ...
+    async def holder_on(self, meterpoint_id: str, day: date, grid_company: str | None) -> MeterpointHolder | None:
+        """Who holds the meterpoint on ``day``, if that customer belongs to ``grid_company`` (None: to any)."""
+        ...
 
-    async def get_meterpoint(self, meterpoint_id: str) -> Meterpoint | None: ...
+    async def get_meterpoint(self, meterpoint_id: str, grid_company: str | None) -> Meterpoint | None:
+        """The meterpoint if it belongs to ``grid_company`` (None: to any)."""
+        ...
 
     async def list_meterpoints(
         self, grid_company: str | None, grid_area: str | None, after: str | None, limit: int
@@ -199,7 +213,10 @@ def _no_meterpoint(meterpoint_id: str) -> NotFound:
 
 
 def _visible(record: _Owned | None, caller: Caller) -> _Owned | None:
-    """``record`` when the caller may see it; None (as if it did not exist) otherwise."""
+    """``record`` when the caller may see it; None (as if it did not exist) otherwise.
+
+    The store already filters by `Caller.scope` in the statement that finds the row (so another grid company's row
+    is never locked, and its answer takes the time of a missing one); this is the same rule, checked once more."""
     return record if record is not None and caller.sees(record.grid_company) else None
 
 
@@ -234,7 +251,7 @@ async def register_customer(command: RegisterCustomer, store: CustomerStore, cal
 
 
 async def get_customer(command: GetCustomer, store: CustomerStore, caller: Caller) -> CustomerWithLinks:
-    customer = _visible(await store.get_customer(command.customer_id), caller)
+    customer = _visible(await store.get_customer(command.customer_id, caller.scope), caller)
     if customer is None:
         raise _not_found(command.customer_id)
     links = await store.links_of_customer(command.customer_id, MAX_LINKS_IN_RESPONSE + 1)
@@ -243,7 +260,7 @@ async def get_customer(command: GetCustomer, store: CustomerStore, caller: Calle
 
 async def update_customer(command: UpdateCustomer, store: CustomerStore, caller: Caller) -> Customer:
     async with store.unit_of_work() as uow:
-        current = _visible(await uow.lock_customer(command.customer_id), caller)
+        current = _visible(await uow.lock_customer(command.customer_id, caller.scope), caller)
         if current is None:
             raise _not_found(command.customer_id)
         _may_reassign(caller, command.grid_company, current.grid_company)
@@ -260,17 +277,17 @@ async def update_customer(command: UpdateCustomer, store: CustomerStore, caller:
 
 async def find_customers(command: FindCustomers, store: CustomerStore, caller: Caller) -> CustomerPage:
     search = command.search
-    customers, total = await store.find_customers(search, None if caller.is_platform else caller.tenant)
+    customers, total = await store.find_customers(search, caller.scope)
     return CustomerPage(tuple(customers), search.page_number, search.page_size, total)
 
 
 async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore, caller: Caller) -> MeterpointLink:
     candidate = MeterpointLink(command.customer_id, command.meterpoint_id, command.move_in)
     async with store.unit_of_work() as uow:
-        customer = _visible(await uow.lock_customer(command.customer_id), caller)
+        customer = _visible(await uow.lock_customer(command.customer_id, caller.scope), caller)
         if customer is None:
             raise _not_found(command.customer_id)
-        meterpoint = _visible(await uow.share_meterpoint(command.meterpoint_id), caller)
+        meterpoint = _visible(await uow.share_meterpoint(command.meterpoint_id, caller.scope), caller)
         if meterpoint is None:
             raise _no_meterpoint(command.meterpoint_id)
         if meterpoint.grid_company != customer.grid_company:
@@ -291,7 +308,7 @@ async def link_meterpoint(command: LinkMeterpoint, store: CustomerStore, caller:
 
 async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore, caller: Caller) -> MeterpointLink:
     async with store.unit_of_work() as uow:
-        if _visible(await uow.lock_customer(command.customer_id), caller) is None:
+        if _visible(await uow.lock_customer(command.customer_id, caller.scope), caller) is None:
             raise _not_found(command.customer_id)
         open_link = await uow.lock_open_link(command.customer_id, command.meterpoint_id)
         if open_link is None:
@@ -312,7 +329,7 @@ async def unlink_meterpoint(command: UnlinkMeterpoint, store: CustomerStore, cal
 async def get_meterpoint_customer(
     command: GetMeterpointCustomer, store: CustomerStore, caller: Caller
 ) -> MeterpointHolder:
-    holder = await store.holder_on(command.meterpoint_id, command.on_date)
+    holder = await store.holder_on(command.meterpoint_id, command.on_date, caller.scope)
     if holder is None or not caller.sees(holder.customer.grid_company):
         raise NotFound(
             f"nobody holds meterpoint {command.meterpoint_id} on {command.on_date.isoformat()}",
@@ -354,7 +371,7 @@ async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore,
             detail = {"data_source": _source_text(candidate), "version": 1}
             await uow.audit(caller.actor(), "meterpoint.register", candidate.meterpoint_id, owner, detail)
             return candidate
-        existing = await uow.lock_meterpoint(command.meterpoint_id)
+        existing = await uow.lock_meterpoint(command.meterpoint_id, None)  # whoever owns it: compared, not shown
     if existing is None:  # unreachable while nothing deletes meterpoints; kept so a deletion cannot crash this
         raise _no_meterpoint(command.meterpoint_id)
     return check_registration(existing, candidate)
@@ -362,7 +379,7 @@ async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore,
 
 async def update_meterpoint(command: UpdateMeterpoint, store: CustomerStore, caller: Caller) -> Meterpoint:
     async with store.unit_of_work() as uow:
-        current = _visible(await uow.lock_meterpoint(command.meterpoint_id), caller)
+        current = _visible(await uow.lock_meterpoint(command.meterpoint_id, caller.scope), caller)
         if current is None:
             raise _no_meterpoint(command.meterpoint_id)
         _may_reassign(caller, command.grid_company, current.grid_company)
@@ -397,7 +414,7 @@ async def _audit_scope(uow: UnitOfWork, caller: Caller, before: Meterpoint, afte
 
 
 async def get_meterpoint(command: GetMeterpoint, store: CustomerStore, caller: Caller) -> Meterpoint:
-    meterpoint = _visible(await store.get_meterpoint(command.meterpoint_id), caller)
+    meterpoint = _visible(await store.get_meterpoint(command.meterpoint_id, caller.scope), caller)
     if meterpoint is None:
         raise _no_meterpoint(command.meterpoint_id)
     return meterpoint

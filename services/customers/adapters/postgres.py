@@ -65,13 +65,15 @@ _INSERT_CUSTOMER = (
     "(customer_id, kind, name, email, phone, street, postcode, city, country, version, grid_company) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
+# $2 is the caller's grid company, NULL for the platform: the tenant is a condition of the statement that finds the
+# row, so another grid company's row is never locked and is answered as fast as a missing one.
 _LOCK_CUSTOMER = (
     "SELECT customer_id, kind, name, email, phone, street, postcode, city, country, version, grid_company "
-    "FROM customers WHERE customer_id = $1 FOR NO KEY UPDATE"
+    "FROM customers WHERE customer_id = $1 AND ($2::text IS NULL OR grid_company = $2) FOR NO KEY UPDATE"
 )
 _GET_CUSTOMER = (
     "SELECT customer_id, kind, name, email, phone, street, postcode, city, country, version, grid_company "
-    "FROM customers WHERE customer_id = $1"
+    "FROM customers WHERE customer_id = $1 AND ($2::text IS NULL OR grid_company = $2)"
 )
 # $3 is the caller's grid company, NULL for the platform (every grid company, and customers of none).
 _COUNT_CUSTOMERS = (
@@ -91,6 +93,7 @@ _METERPOINT = (
     "settlement_method, connection_state, connection_since, data_source_kind, data_source_id, version "
     "FROM meterpoints "
 )
+_ONE_METERPOINT = _METERPOINT + "WHERE meterpoint_id = $1 AND ($2::text IS NULL OR grid_company = $2) "
 _INSERT_METERPOINT = (
     "INSERT INTO meterpoints (meterpoint_id, grid_company, grid_area, time_zone, type, neighbour_grid_area, "
     "resolution, settlement_method, connection_state, connection_since, data_source_kind, data_source_id, version) "
@@ -200,8 +203,8 @@ class PostgresUnitOfWork:
             *_customer_values(customer),
         )
 
-    async def lock_customer(self, customer_id: str) -> Customer | None:
-        row = await self._conn.fetchrow(_LOCK_CUSTOMER, customer_id)
+    async def lock_customer(self, customer_id: str, grid_company: str | None) -> Customer | None:
+        row = await self._conn.fetchrow(_LOCK_CUSTOMER, customer_id, grid_company)
         return None if row is None else _customer(row)
 
     async def save_customer(self, customer: Customer) -> None:
@@ -259,12 +262,12 @@ class PostgresUnitOfWork:
         status: str = await self._conn.execute(_INSERT_METERPOINT, *_meterpoint_values(meterpoint))
         return status == "INSERT 0 1"
 
-    async def lock_meterpoint(self, meterpoint_id: str) -> Meterpoint | None:
-        row = await self._conn.fetchrow(_METERPOINT + "WHERE meterpoint_id = $1 FOR NO KEY UPDATE", meterpoint_id)
+    async def lock_meterpoint(self, meterpoint_id: str, grid_company: str | None) -> Meterpoint | None:
+        row = await self._conn.fetchrow(_ONE_METERPOINT + "FOR NO KEY UPDATE", meterpoint_id, grid_company)
         return None if row is None else _meterpoint(row)
 
-    async def share_meterpoint(self, meterpoint_id: str) -> Meterpoint | None:
-        row = await self._conn.fetchrow(_METERPOINT + "WHERE meterpoint_id = $1 FOR SHARE", meterpoint_id)
+    async def share_meterpoint(self, meterpoint_id: str, grid_company: str | None) -> Meterpoint | None:
+        row = await self._conn.fetchrow(_ONE_METERPOINT + "FOR SHARE", meterpoint_id, grid_company)
         return None if row is None else _meterpoint(row)
 
     async def save_meterpoint(self, meterpoint: Meterpoint) -> None:
@@ -320,9 +323,9 @@ class PostgresCustomerStore:
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"the customer database is unavailable ({type(error).__name__})") from error
 
-    async def get_customer(self, customer_id: str) -> Customer | None:
+    async def get_customer(self, customer_id: str, grid_company: str | None) -> Customer | None:
         async with self._reading() as conn:
-            row = await conn.fetchrow(_GET_CUSTOMER, customer_id)
+            row = await conn.fetchrow(_GET_CUSTOMER, customer_id, grid_company)
         return None if row is None else _customer(row)
 
     async def links_of_customer(self, customer_id: str, limit: int) -> list[MeterpointLink]:
@@ -350,9 +353,9 @@ class PostgresCustomerStore:
             )
         return [_customer(row) for row in rows], total
 
-    async def get_meterpoint(self, meterpoint_id: str) -> Meterpoint | None:
+    async def get_meterpoint(self, meterpoint_id: str, grid_company: str | None) -> Meterpoint | None:
         async with self._reading() as conn:
-            row = await conn.fetchrow(_METERPOINT + "WHERE meterpoint_id = $1", meterpoint_id)
+            row = await conn.fetchrow(_ONE_METERPOINT, meterpoint_id, grid_company)
         return None if row is None else _meterpoint(row)
 
     async def list_meterpoints(
@@ -362,7 +365,7 @@ class PostgresCustomerStore:
             rows = await conn.fetch(_LIST_METERPOINTS, grid_company, grid_area, after, limit)
         return [_meterpoint(row) for row in rows]
 
-    async def holder_on(self, meterpoint_id: str, day: date) -> MeterpointHolder | None:
+    async def holder_on(self, meterpoint_id: str, day: date, grid_company: str | None) -> MeterpointHolder | None:
         async with self._reading() as conn:
             row = await conn.fetchrow(
                 "SELECT l.customer_id, l.meterpoint_id, l.move_in, l.move_out, "
@@ -370,9 +373,10 @@ class PostgresCustomerStore:
                 "c.phone AS c_phone, c.street AS c_street, c.postcode AS c_postcode, c.city AS c_city, "
                 "c.country AS c_country, c.version AS c_version, c.grid_company AS c_grid_company "
                 "FROM meterpoint_links l JOIN customers c USING (customer_id) "
-                "WHERE l.meterpoint_id = $1 AND l.period @> $2::date",
+                "WHERE l.meterpoint_id = $1 AND l.period @> $2::date AND ($3::text IS NULL OR c.grid_company = $3)",
                 meterpoint_id,
                 day,
+                grid_company,
             )
         if row is None:
             return None

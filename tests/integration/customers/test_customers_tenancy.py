@@ -567,3 +567,38 @@ async def test_owners_and_data_source_assignments_are_audited_in_the_change_s_tr
         ("meterpoint.move", "platform", "soap_client", TENANT_B, {"from_grid_company": TENANT_A, "version": 4}),
     ]
     assert {event.origin for event in events} == {"127.0.0.1"}
+
+
+async def test_another_grid_company_s_locked_row_neither_blocks_nor_tells_a_probe(
+    tenancy: Tenancy, pg_dsn: str
+) -> None:
+    b_point = new_gsrn()
+
+    def register() -> str:
+        tenancy.soap("b-admin").RegisterMeterpoint(**consumption_point(b_point))
+        return str(tenancy.soap("b-admin").RegisterCustomer(**person("Sydnet Kunde")).customerId)
+
+    b_customer = await asyncio.to_thread(register)
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": tenancy.service.env["TEST_SCHEMA"]})
+    try:
+        async with conn.transaction():
+            # B's own system is in the middle of changing both rows (it holds their locks).
+            await conn.execute("SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE", b_customer)
+            await conn.execute("SELECT 1 FROM meterpoints WHERE meterpoint_id = $1 FOR UPDATE", b_point)
+
+            def probes() -> list[str]:
+                operator, admin = tenancy.soap("a-operator"), tenancy.soap("a-admin")
+                calls: list[Callable[[], Any]] = [
+                    lambda: operator.UpdateCustomer(customerId=b_customer, expectedVersion=1, **person("X")),
+                    lambda: operator.UnlinkMeterpoint(
+                        customerId=b_customer, meterpointId=b_point, moveOut="2025-01-01"
+                    ),
+                    lambda: admin.UpdateMeterpoint(expectedVersion=1, **consumption_point(b_point)),
+                ]
+                return [fault_of(call)[0] for call in calls]
+
+            # Answered at once as unknown ids: a probe that waited for B's lock would learn that the id exists.
+            codes = await asyncio.wait_for(asyncio.to_thread(probes), timeout=3)
+            assert codes == ["soap:Client.NotFound"] * 3
+    finally:
+        await conn.close()
