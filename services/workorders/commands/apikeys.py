@@ -1,4 +1,5 @@
-"""API keys of client systems: ``python -m services.workorders.commands.apikeys add <client> [--role write]``.
+"""API keys of client systems: ``python -m services.workorders.commands.apikeys add <client> --tenant <id>``
+(and ``rotate``, ``revoke``, ``list``).
 
 Keys live in the service's own database (table ``api_keys``, hashed); the plain key is printed once.
 """
@@ -12,7 +13,8 @@ from services.workorders.settings import WorkordersSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``add <client> [--role read|write|admin]`` or ``revoke <key id>``."""
+    """Command line: ``add <client> --tenant <id> [--role R] [--expires-in D]``, ``rotate <key id> [--overlap D]``,
+    ``revoke <key id>``, ``list [--tenant <id>]`` (`libs.platform.apikeys_cli`)."""
     return apikeys_cli.main(argv, WorkordersSettings(), example_client="work-planning")
 
 
