@@ -371,7 +371,8 @@ async def register_meterpoint(command: RegisterMeterpoint, store: CustomerStore,
             detail = {"data_source": _source_text(candidate), "version": 1}
             await uow.audit(caller.actor(), "meterpoint.register", candidate.meterpoint_id, owner, detail)
             return candidate
-        existing = await uow.lock_meterpoint(command.meterpoint_id, None)  # whoever owns it: compared, not shown
+    # Registered already, by whoever: compared, never shown (and read without a lock on another grid company's row).
+    existing = await store.get_meterpoint(command.meterpoint_id, None)
     if existing is None:  # unreachable while nothing deletes meterpoints; kept so a deletion cannot crash this
         raise _no_meterpoint(command.meterpoint_id)
     return check_registration(existing, candidate)
