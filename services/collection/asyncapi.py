@@ -37,6 +37,12 @@ A refused message (or the refused items of a batch) is recorded with its reason 
 `meter.events.v1.dlq`; valid items of the same message are published. Sending a message again is safe: ids
 are deterministic (meterpoint, register, interval end, source), so a resent reading is the same event.
 
+Scope: a device delivers only for a meterpoint whose registered data source is that device (`meterpoints.v1`,
+data_source `{kind: device, id: <meterpoint>}`). A reading for a meterpoint assigned to another source (a
+head-end, an FTP partner, another device) or to none is recorded in the DLQ with reason `not_in_scope`; one for
+an unregistered meterpoint is held there with reason `unknown_meterpoint` and published once it is registered
+and an operator redrives the holds. Either way the message is acknowledged: resending cannot change it.
+
 Flow control: each device has a quota (readings per second with a burst); a device over it is slowed (its
 messages wait), never dropped.
 """

@@ -4,6 +4,8 @@ the meterpoint registry the scope check needs (MeterpointRegistered events on me
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import datetime
 import secrets
 import threading
@@ -402,15 +404,22 @@ def service_settings(stack: StackConfig, pg_dsn: str, pg_schema: str, ftp_root: 
 
 
 @asynccontextmanager
-async def subscribed(ingress: Any, timeout: float = 10.0) -> AsyncIterator[None]:
-    """Run an MQTT ingress (``ingress.run()``) until the block ends, entering once its subscription is in place."""
-    task = asyncio.create_task(ingress.run())
-    try:
-        await ingress.wait_subscribed(timeout)
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+async def subscribed(ingress: Any, timeout: float = 10.0, *, parts: Any = None) -> AsyncIterator[None]:
+    """Run an MQTT ingress (``ingress.run()``) until the block ends, entering once its subscription is in place.
+
+    With ``parts`` (from ``build_parts``) the scope view's feed runs too, as the app's lifespan would run it: the
+    ingress starts once the view has caught up.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if parts is not None and parts.scope_view is not None and not parts.scope_view.ready:
+            await stack.enter_async_context(fed_view(parts))
+        task = asyncio.create_task(ingress.run())
+        try:
+            await ingress.wait_subscribed(timeout)
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 @asynccontextmanager
@@ -454,9 +463,28 @@ async def running_service(settings: Any) -> AsyncIterator[RunningService]:
         await producer.stop()
 
 
+def register_device(bootstrap: str, meterpoint: str) -> None:
+    """Register ``meterpoint`` with its device as the source, from synchronous code (a thread of its own)."""
+    from libs.platform.kafka import start_producer
+
+    async def register() -> None:
+        producer = await start_producer(bootstrap, "collection-test-registry")
+        try:
+            await MeterpointRegistry(producer).register(meterpoint, source=(DEVICE, meterpoint))
+        finally:
+            await producer.stop()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, register()).result(timeout=30)
+
+
 @contextmanager
 def device_factory(stack: StackConfig) -> Iterator[Callable[[], Device]]:
-    """Make logged-in devices with fresh meterpoints; their broker users are removed at the end."""
+    """Make logged-in devices with fresh meterpoints; their broker users are removed at the end.
+
+    Each device's meterpoint is registered on meterpoints.v1 with the device as its data source (the scope check
+    accepts its readings), before the device exists: a scope view that starts after it was made has it.
+    """
     from stack.mosquitto import Mosquitto
     from stack.process import run
 
@@ -466,6 +494,7 @@ def device_factory(stack: StackConfig) -> Iterator[Callable[[], Device]]:
     def make() -> Device:
         meterpoint = new_meterpoint()
         password = secrets.token_urlsafe(16)
+        register_device(stack.kafka_bootstrap, meterpoint)
         broker.add_user(meterpoint, password)  # the broker reloads its password file on SIGHUP
         deadline = time.monotonic() + 10.0
         while not can_log_in(stack, meterpoint, password):

@@ -288,6 +288,7 @@ async def test_a_data_connection_from_another_address_is_refused_and_the_transfe
     meterpoint = new_meterpoint()
     async with ftp_service() as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         async with raw(service.port) as client:
             await client.login(login, password)
             _, connect = await client.passive()
@@ -418,6 +419,7 @@ async def test_ftps_works_end_to_end_and_plain_text_is_refused(ftp_service: FtpF
     meterpoint = new_meterpoint()
     async with ftp_service(**tls) as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         port = service.port
 
         # Plain FTP: no password is taken in clear text.
@@ -492,8 +494,10 @@ async def test_ftps_data_protection_may_change_where_it_is_not_required(
 ) -> None:
     ca, cert, key = make_certificates(tmp_path)
     tls = {"tls_cert_file": cert, "tls_key_file": key, "tls_control_required": True, "tls_data_required": False}
+    meterpoint = new_meterpoint()
     async with ftp_service(**tls) as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         port = service.port
 
         # Plain text behind AUTH TLS, before the handshake, would pass as if it came over TLS: the server closes.
@@ -512,7 +516,7 @@ async def test_ftps_data_protection_may_change_where_it_is_not_required(
                 client.retrlines("LIST /outbox", listing.append)  # data in clear: allowed here
                 # PROT P closes the clear listener, so the next transfer's data connection is TLS.
                 client.prot_p()
-                client.storbinary("STOR /inbox/mixed.csv", io.BytesIO(upload_body(new_meterpoint())))
+                client.storbinary("STOR /inbox/mixed.csv", io.BytesIO(upload_body(meterpoint)))
                 client.quit()
                 return listing
             finally:
@@ -528,9 +532,11 @@ async def test_ftps_with_curl_as_a_partner_would(ftp_service: FtpFactory, tmp_pa
     ca, cert, key = make_certificates(tmp_path)
     tls = {"tls_cert_file": cert, "tls_key_file": key, "tls_control_required": True, "tls_data_required": True}
     upload = tmp_path / "curl.csv"
-    upload.write_bytes(upload_body(new_meterpoint()))
+    meterpoint = new_meterpoint()
+    upload.write_bytes(upload_body(meterpoint))
     async with ftp_service(**tls) as service:
         login, password = await service.add_partner()
+        await service.register(login, meterpoint)
         base = f"ftp://127.0.0.1:{service.port}"
 
         def curl(*arguments: str) -> subprocess.CompletedProcess[bytes]:

@@ -26,7 +26,7 @@ from libs.flowcontrol.policy import BoundaryPolicy, BulkheadSettings, PerClientS
 from libs.platform.apikeys import InMemoryKeyStore, Role, generate_api_key
 from services.collection.app import create_app
 from services.collection.settings import Boundaries, CollectionSettings, FtpSettings, MqttSettings
-from tests.integration.collection.support import new_meterpoint
+from tests.integration.collection.support import new_meterpoint, wait_caught_up
 from tests.integration.http_support import SlowClient, free_port, served
 from tests.tenants import TENANT_A
 
@@ -83,6 +83,7 @@ async def edge(kafka_bootstrap: str) -> AsyncIterator[Edge]:
     keys = InMemoryKeyStore([attacker.record, partner.record])
     app = create_app(settings, key_store=keys, readiness_checks=[], registry=CollectorRegistry())
     async with served(app, settings) as base_url:
+        await wait_caught_up(app.state.parts.meterpoints)  # until then every POST is a 503
         yield Edge(base_url, settings.http_port, attacker.plain_key, partner.plain_key)
 
 

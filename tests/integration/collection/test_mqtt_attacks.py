@@ -111,7 +111,7 @@ async def ingress(stack: StackConfig) -> AsyncIterator[Runner]:
         client_ids.add(settings.mqtt.client_id)
         parts = build_parts(settings, registry=CollectorRegistry())
         subject = create_mqtt_ingress(parts, create_publisher(parts, producer))
-        async with subscribed(subject):
+        async with subscribed(subject, parts=parts):
             yield subject, parts.registry
 
     try:

@@ -35,7 +35,7 @@ from services.collection.app import build_parts, create_mqtt_ingress, create_pub
 from services.collection.settings import CollectionSettings, MqttSettings
 from stack.config import StackConfig
 from stack.mosquitto import ACL, MAX_PACKET_SIZE, SERVICES_ACL
-from tests.integration.collection.support import new_meterpoint, subscribed
+from tests.integration.collection.support import new_meterpoint, register_device, subscribed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt]
 
@@ -182,6 +182,7 @@ class TlsDevice:
     def __init__(self, broker: TlsBroker, ca: Path | None = None) -> None:
         self.meterpoint_id = new_meterpoint()
         self.password = uuid.uuid4().hex
+        register_device(StackConfig().kafka_bootstrap, self.meterpoint_id)  # its own data source (scope check)
         broker.add_device(self.meterpoint_id, self.password)
         self.port = broker.device_port
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.meterpoint_id, protocol=paho.MQTTv5)
@@ -253,7 +254,7 @@ async def ingress(stack: StackConfig) -> AsyncIterator[Callable[..., Any]]:
     async def running(settings: CollectionSettings) -> AsyncIterator[CollectorRegistry]:
         parts = build_parts(settings, registry=CollectorRegistry())
         subject = create_mqtt_ingress(parts, create_publisher(parts, producer))
-        async with subscribed(subject):
+        async with subscribed(subject, parts=parts):
             yield parts.registry
 
     try:

@@ -96,7 +96,7 @@ async def ingress(settings: CollectionSettings, stack: StackConfig) -> AsyncIter
             producers.append(producer)
             publisher = create_publisher(parts, producer)
         subject = create_mqtt_ingress(parts, publisher)
-        async with subscribed(subject):
+        async with subscribed(subject, parts=parts):
             yield subject, parts.registry
 
     yield running

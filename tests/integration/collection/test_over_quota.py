@@ -60,6 +60,7 @@ async def test_a_rest_client_over_its_quota_gets_429_with_retry_after_and_publis
         boundaries=boundaries,
     )
     async with running_service(settings) as service:
+        await service.register(meterpoint)
         statuses = [(await service.post_readings([reading(meterpoint, q)])).status_code for q in (1, 2)]
         refused = await service.post_readings([reading(meterpoint, 3)])
     assert statuses == [202, 202]

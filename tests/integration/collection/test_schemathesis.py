@@ -39,7 +39,7 @@ async def service(
         f"{prefix}{name}{suffix}"
         for name in (topics.READINGS, topics.METER_EVENTS)
         for suffix in ("", topics.DLQ_SUFFIX)
-    ]
+    ] + [prefix + topics.METERPOINTS]  # the scope view's (empty: every valid reading is held, still a 202)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     await admin.create_topics([NewTopic(name=name, num_partitions=1, replication_factor=1) for name in names])
