@@ -267,7 +267,8 @@ def print_summary(
             "",
             f'  try: curl -s -H "Authorization: Bearer {read_key}" {r}/v1/meterpoints/{example}',
         ]
-    lines += ["       uv run gridhub status | lag | breakers | dlq replay <topic> | rebuild", ""]
+    commands = "status | lag | breakers | dlq replay <topic> | rebuild | apikey list | audit list"
+    lines += [f"       uv run gridhub {commands}", ""]
     print("\n".join(lines), flush=True)
 
 
