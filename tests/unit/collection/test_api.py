@@ -270,3 +270,79 @@ async def test_a_client_that_disconnects_mid_body_gets_a_problem_not_a_server_er
         await read_body(request, 4096)
     assert raised.value.status_code == 400
     assert raised.value.problem.model_dump()["reason"] == "client_disconnected"
+
+
+# --- scope -----------------------------------------------------------------------------------------------------
+
+B_METERPOINT = "571313180400009172"
+UNREGISTERED = "571313180400000032"
+
+
+async def test_items_out_of_the_keys_scope_are_rejected_or_held_per_item() -> None:
+    writer = generate_api_key("hes-north", Role.SOURCE, tenant=TENANT_A)
+    view = assigned_view(METERPOINT, source="hes-north")
+    view.apply(B_METERPOINT, grid_company=TENANT_B, source=("head_end", "hes-north"), version=1)
+    publisher = RecordingPublisher()
+    registry = CollectorRegistry()
+    app = create_app(
+        settings(),
+        publisher=publisher,
+        key_store=InMemoryKeyStore([writer.record]),
+        readiness_checks=None,
+        registry=registry,
+        wall_clock=lambda: NOW,
+        scope_view=view,
+    )
+    batch = [reading(), reading(meterpoint_id=B_METERPOINT), reading(meterpoint_id=UNREGISTERED)]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://collection") as client:
+            response = await client.post("/v1/readings", json=batch, headers={"X-API-Key": writer.plain_key})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"], body["held"]) == (1, 1, 1)
+    assert [(r["status"], r.get("reason")) for r in body["results"]] == [
+        ("accepted", None),
+        ("rejected", "not_in_scope"),  # B's meterpoint, although its source has the same name
+        ("held", "unknown_meterpoint"),
+    ]
+    topics_of = {r.key: r.topic for r in publisher.published}
+    assert topics_of == {
+        METERPOINT.encode(): "meter.readings.v1",
+        B_METERPOINT.encode(): "meter.readings.v1.dlq",
+        UNREGISTERED.encode(): "meter.readings.v1.dlq",
+    }
+    held = next(r for r in publisher.published if r.key == UNREGISTERED.encode())
+    assert orjson.loads(held.value)["id"] == body["results"][2]["id"]  # the event itself, for the redrive
+    assert dict(held.headers)["gridhub.deliverer.tenant"] == TENANT_A.encode()
+    sample = registry.get_sample_value
+    assert sample("gridhub_collection_rejections_total", {"channel": "rest", "reason": "not_in_scope"}) == 1
+    assert sample("gridhub_collection_items_total", {"channel": "rest", "kind": "reading", "outcome": "held"}) == 1
+
+
+async def test_nothing_is_taken_and_readiness_fails_until_the_view_caught_up() -> None:
+    writer = generate_api_key("hes-north", Role.SOURCE, tenant=TENANT_A)
+    view = assigned_view(METERPOINT, source="hes-north")
+    view.ready = False
+    app = create_app(
+        settings(),
+        publisher=RecordingPublisher(),
+        key_store=InMemoryKeyStore([writer.record]),
+        registry=CollectorRegistry(),
+        wall_clock=lambda: NOW,
+        scope_view=view,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://collection") as client:
+            refused = await client.post("/v1/readings", json=[reading()], headers={"X-API-Key": writer.plain_key})
+            ready = await client.get("/readyz")
+            view.ready = True
+            taken = await client.post("/v1/readings", json=[reading()], headers={"X-API-Key": writer.plain_key})
+    assert "catching up" in assert_problem(refused, 503)["detail"]
+    assert refused.headers["retry-after"] == "2"
+    assert ready.status_code == 503
+    checks = {check["name"]: check for check in ready.json()["checks"]}
+    assert not checks["meterpoint_view"]["ok"]
+    assert "catching up" in checks["meterpoint_view"]["error"]
+    assert taken.status_code == 202

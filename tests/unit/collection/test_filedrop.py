@@ -26,6 +26,7 @@ from services.collection.filedrop import FileJob, FileProcessor, Spool
 from services.collection.handlers import Pipeline
 from services.collection.metrics import CollectionMetrics
 from services.collection.settings import FtpSettings
+from tests.unit.collection.scoping import assigned_view
 
 METERPOINT = "571313180400000025"
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -234,3 +235,31 @@ async def test_a_file_is_streamed_not_loaded_memory_does_not_grow_with_the_file(
     assert large_size > 1_500_000
     # Twenty times the lines, about the same memory: one batch at a time, the receipt goes to disk.
     assert large_peak < small_peak * 1.5 + 256 * 1024, (small_peak, large_peak, large_size)
+
+
+async def test_lines_out_of_the_partners_scope_are_rejected_or_held_in_the_receipt(tmp_path: Path) -> None:
+    clock = FakeClock()
+    publisher = ScriptedPublisher()
+    other = "571313180400009172"
+    view = assigned_view(other, source="someone-else", kind="ftp_partner")
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path)
+    subject = FileProcessor(
+        FtpSettings(root=tmp_path, batch_lines=4),
+        spool=spool,
+        publisher=publisher,
+        pipeline=Pipeline(rules=ValidationRules(), event_source="/gridhub/collection", max_batch_items=100, scope=view),
+        quota=Quota(1000, 1000, clock=clock),
+        metrics=CollectionMetrics(registry),
+        clock=clock,
+        wall_clock=lambda: NOW,
+    )
+    content = csv(range(1, 3)) + f"{other},active_import,2025-03-01T00:15:00Z,PT15M,1.0,kWh,measured\n".encode()
+    receipt = orjson.loads((await subject.process(drop(spool, content))).read_bytes())
+    assert [(line["status"], line.get("reason")) for line in receipt["lines"]] == [
+        ("held", "unknown_meterpoint"),
+        ("held", "unknown_meterpoint"),
+        ("rejected", "not_in_scope"),  # another partner's meterpoint
+    ]
+    assert (receipt["accepted"], receipt["rejected"], receipt["held"]) == (0, 1, 2)
+    assert {record.topic for record in publisher.published} == {"meter.readings.v1.dlq"}

@@ -27,6 +27,7 @@ from services.collection.entrypoints.mqtt import Delivery, MqttIngress
 from services.collection.handlers import MqttMessage, Pipeline, prepare_message
 from services.collection.metrics import CollectionMetrics
 from services.collection.settings import MqttSettings
+from tests.unit.collection.scoping import assigned_view
 
 METERPOINT = "571313180400000025"
 OTHER = "571313180400009172"
@@ -276,3 +277,38 @@ async def test_beyond_its_lane_a_device_over_its_quota_goes_to_the_dlq_as_quota_
         )
         == 1
     )
+
+
+# --- scope -----------------------------------------------------------------------------------------------------
+
+
+def scoped_prepare(payload: bytes, view: Any) -> Any:
+    pipeline = Pipeline(rules=ValidationRules(), event_source="/gridhub/collection", max_batch_items=100, scope=view)
+    return prepare_message(
+        MqttMessage(TOPIC, payload, NOW, "collection-0/1/8"),
+        pipeline=pipeline,
+        topic_prefix="gridhub/meters",
+        max_items=3,
+        max_payload_bytes=4096,
+    )
+
+
+def test_a_device_delivers_only_for_the_meterpoint_assigned_to_it_and_an_unregistered_one_is_held() -> None:
+    own = scoped_prepare(orjson.dumps(reading()), assigned_view(METERPOINT, source=METERPOINT, kind="device"))
+    assert [r.topic for r in own.records] == ["meter.readings.v1"]
+    assert not own.dead_lettered
+    # The meterpoint is a head-end's: the message is dead-lettered with the reason (and then acknowledged).
+    head_ends = scoped_prepare(orjson.dumps(reading()), assigned_view(METERPOINT, source="hes-north"))
+    assert head_ends.dead_lettered
+    letter = letter_of(head_ends)
+    assert dict(letter.headers)["dlq.reason"] == b"not_in_scope"
+    assert [r.topic for r in head_ends.records] == ["meter.readings.v1.dlq"]
+    # Not registered: held, the validated event in the DLQ with who delivered it, for the redrive.
+    held = scoped_prepare(orjson.dumps(reading()), assigned_view(OTHER, source=OTHER, kind="device"))
+    assert held.dead_lettered
+    record = letter_of(held)
+    headers = dict(record.headers)
+    assert headers["dlq.reason"] == b"unknown_meterpoint"
+    assert headers["gridhub.held.topic"] == b"meter.readings.v1"
+    assert (headers["gridhub.deliverer.kind"], headers["gridhub.deliverer.id"]) == (b"device", METERPOINT.encode())
+    assert orjson.loads(record.value)["type"] == "gridhub.meter.reading.received"
