@@ -170,6 +170,11 @@ def create_ftp_ingress(
     if boundary.quota is None or boundary.bulkhead is None or boundary.policy.max_body_bytes is None:
         raise LookupError("boundaries.ftp_ingress needs a quota, a bulkhead and max_body_bytes")
     spool = Spool(settings.root)
+
+    async def tenant_of(login: str) -> str | None:
+        account = await users.get(login)
+        return account.tenant if account is not None else None
+
     processor = FileProcessor(
         settings,
         spool=spool,
@@ -179,6 +184,7 @@ def create_ftp_ingress(
         metrics=parts.metrics,
         clock=clock or boundary.clock,
         wall_clock=wall_clock,
+        tenant_of=tenant_of,
     )
     checks = Quota(settings.login_checks_per_second, settings.login_checks_burst, clock=clock or boundary.clock)
     partners = PartnerUsers(

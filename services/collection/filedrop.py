@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -268,8 +268,11 @@ class FileProcessor:
         metrics: CollectionMetrics,
         clock: Clock | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tenant_of: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self._settings = settings
+        # The partner's grid company, looked up once per file (its account); None: checked by its login alone.
+        self._tenant_of = tenant_of
         self._spool = spool
         self._publisher = publisher
         self._pipeline = pipeline
@@ -330,8 +333,9 @@ class FileProcessor:
     async def process(self, job: FileJob) -> Path:
         """Publish one spooled file and write its receipt; return the receipt's path."""
         origin = Origin("ftp", f"ftp:{job.user}/{job.name}", job.upload_id, job.user)
-        # The partner is its login (a meterpoint's data_source names it); its tenant comes from the view.
-        deliverer = Deliverer(SourceKind.FTP_PARTNER, job.user)
+        # The partner is its login (a meterpoint's data_source names it), in its account's grid company.
+        tenant = await self._partner_tenant(job.user)
+        deliverer = Deliverer(SourceKind.FTP_PARTNER, job.user, tenant)
         receipt = ReceiptWriter(self._spool.receipt_draft(job), job)
         try:
             with job.path.open("rb") as file:
@@ -354,6 +358,15 @@ class FileProcessor:
             receipt.held,
         )
         return target
+
+    async def _partner_tenant(self, login: str) -> str | None:
+        if self._tenant_of is None:
+            return None
+        try:
+            return await self._tenant_of(login)
+        except Exception as error:  # the database away: the login alone still decides (it is unique in the hub)
+            logger.warning("FTP partner %s: no tenant for the scope check (%s); checking its login only", login, error)
+            return None
 
     async def _stream(
         self, file: BinaryIO, job: FileJob, origin: Origin, deliverer: Deliverer, receipt: ReceiptWriter

@@ -13,8 +13,8 @@ keeps updating the ones it has, and says so (`ScopeView.refused`, a metric and a
 The check (`ScopeView.check`): for each accepted item, meterpoint missing -> `Held` (``unknown_meterpoint``);
 assigned to another source (kind and id), to another grid company than the deliverer's, or to no source ->
 `Rejected` (``not_in_scope``, a detail that names nothing of the owner). A deliverer without a tenant (an MQTT
-device, an FTP partner until its account names one, a platform key) is checked by its source alone: its id is
-unique in the hub, and the view says which grid company the meterpoint belongs to.
+device, which is its own meterpoint; an FTP partner whose account could not be read; a platform key) is checked
+by its source alone: its id is unique in the hub, and the view says which grid company the meterpoint belongs to.
 """
 
 from __future__ import annotations

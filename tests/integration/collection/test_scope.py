@@ -221,17 +221,14 @@ async def test_ftp_receipt_lines_say_not_in_scope_and_unknown_meterpoint(
     readings = await own_topics.reader(topics.READINGS)
     async with running_service(settings_for()) as service:
         login, password = await service.add_partner()
-        mine, other_partners, head_ends, unknown = (new_meterpoint() for _ in range(4))
+        mine, other_partners, head_ends, unknown, bs = (new_meterpoint() for _ in range(5))
         await service.register(mine, source=(FTP_PARTNER, login))
         await service.register(other_partners, source=(FTP_PARTNER, "someone-else"), tenant=TENANT_B)
         await service.register(head_ends, source=(HEAD_END, "hes-a"), tenant=TENANT_A)
-        lines = [
-            CSV_HEADER,
-            csv_line(mine, 1),
-            csv_line(other_partners, 1),
-            csv_line(head_ends, 1),
-            csv_line(unknown, 1),
-        ]
+        # B's meterpoint naming this partner (of grid company A) as its source: the grid company must match too.
+        await service.register(bs, source=(FTP_PARTNER, login), tenant=TENANT_B)
+        meterpoints = (mine, other_partners, head_ends, unknown, bs)
+        lines = [CSV_HEADER, *(csv_line(meterpoint, 1) for meterpoint in meterpoints)]
         client = await ftp_login(service.ftp_port, login, password)
         try:
             await ftp_upload(client, "/inbox/scope.csv", ("\n".join(lines) + "\n").encode())
@@ -243,9 +240,10 @@ async def test_ftp_receipt_lines_say_not_in_scope_and_unknown_meterpoint(
         (3, "rejected", "not_in_scope"),
         (4, "rejected", "not_in_scope"),
         (5, "held", "unknown_meterpoint"),
+        (6, "rejected", "not_in_scope"),
     ]
-    assert (receipt["accepted"], receipt["rejected"], receipt["held"]) == (1, 2, 1)
-    published = await readings.read_to_end(by_key(mine, other_partners, head_ends, unknown))
+    assert (receipt["accepted"], receipt["rejected"], receipt["held"]) == (1, 3, 1)
+    published = await readings.read_to_end(by_key(*meterpoints))
     assert [record.key.decode() for record in published] == [mine]
 
 
