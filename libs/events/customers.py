@@ -10,7 +10,7 @@ from pydantic import Field, StringConstraints, WithJsonSchema
 
 from libs.events import topics
 from libs.events.base import EventData, EventPart
-from libs.events.fields import OpaqueId, ShortText
+from libs.events.fields import MAX_VERSION, OpaqueId, ShortText
 from libs.events.gsrn import Gsrn
 from libs.events.parties import MarketParticipantId
 
@@ -69,6 +69,7 @@ class _CustomerState(EventData):
     contact: Contact
     version: int = Field(
         ge=1,
+        le=MAX_VERSION,
         description="Version of the customer record after this change; consumers skip versions they have passed.",
     )
     # Optional (added after v1 shipped): customers registered before tenancy belong to no grid company, and a

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from libs.events import topics
 from libs.events.base import EventData, EventPart
-from libs.events.fields import OpaqueId
+from libs.events.fields import MAX_VERSION, OpaqueId
 from libs.events.gsrn import Gsrn
 from libs.events.meter import Resolution
 from libs.events.parties import MarketParticipantId
@@ -101,7 +101,9 @@ class _MeterpointState(EventData):
         default=None, description="Who delivers the readings; none assigned means nobody may deliver them yet."
     )
     version: int = Field(
-        ge=1, description="Version of the meterpoint record after this change; consumers skip versions they passed."
+        ge=1,
+        le=MAX_VERSION,
+        description="Version of the meterpoint record after this change; consumers skip versions they passed.",
     )
 
     @model_validator(mode="after")

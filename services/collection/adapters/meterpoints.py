@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from libs.events.fields import MAX_VERSION
 from libs.events.gsrn import is_valid_gsrn
 from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated, SourceKind
 from libs.events.parties import is_valid_eic, is_valid_gln
@@ -45,7 +46,8 @@ def parse_meterpoint(value: bytes) -> tuple[str, str, tuple[str, str] | None, in
     """The fields the view keeps from one ``meterpoints.v1`` record value, or None when it is not a meterpoint event.
 
     A light check of what the view relies on (faster than the pydantic models, which matters for millions of records
-    at start): the event type, a valid GSRN, a GLN-13/EIC-16 grid company, a known source kind, a version >= 1.
+    at start): the event type, a valid GSRN, a GLN-13/EIC-16 grid company, a known source kind, a version of
+    1..MAX_VERSION (as the models: no consumer's 32-bit version column may overflow).
     """
     try:
         envelope = orjson.loads(value)
@@ -61,7 +63,7 @@ def parse_meterpoint(value: bytes) -> tuple[str, str, tuple[str, str] | None, in
         return None
     if not (isinstance(grid_company, str) and (is_valid_gln(grid_company) or is_valid_eic(grid_company))):
         return None
-    if type(version) is not int or version < 1:
+    if type(version) is not int or not 1 <= version <= MAX_VERSION:
         return None
     source = data.get("data_source")
     if source is None:

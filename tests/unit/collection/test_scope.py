@@ -182,6 +182,7 @@ def test_parse_meterpoint_takes_the_registry_event_and_skips_anything_else() -> 
         registered(grid_company="5790000000013"),
         registered(version=0),
         registered(version=True),
+        registered(version=2**31),  # beyond the events' 32-bit versions
         registered(data_source={"kind": "carrier_pigeon", "id": "x"}),
         registered(data_source={"kind": "head_end", "id": ""}),
     ):
