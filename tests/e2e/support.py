@@ -63,22 +63,36 @@ class CustomerCentre:
         """Close the pooled HTTP connections."""
         self._session.close()
 
-    def register_and_link(self, name: str, meterpoint_id: str, move_in: date) -> str:
-        """Register a person called ``name`` and move them in at ``meterpoint_id``; the customer id."""
+    def register_and_link(self, name: str, meterpoint_id: str, move_in: date, source: tuple[str, str]) -> str:
+        """Register ``meterpoint_id`` delivered by ``source`` (kind, id) and a person called ``name`` who moves in
+        there; the customer id."""
         address = {"street": "Nørregade 7", "postcode": "8000", "city": "Aarhus C", "country": "DK"}
         contact = {"email": f"{secrets.token_hex(4)}@example.dk", "address": address}
         customer = self._service.RegisterCustomer(kind="person", name=name, contact=contact)
-        # A link needs the meterpoint in the registry, in the run's grid company (no source assigned here).
-        self._service.RegisterMeterpoint(
-            meterpointId=meterpoint_id,
-            gridArea="804",
-            type="consumption",
-            resolution="PT15M",
-            settlementMethod="flex",
-            connection={"state": "connected", "since": move_in},
-        )
+        # A link needs the meterpoint in the registry, in the run's grid company.
+        self._service.RegisterMeterpoint(**self._meterpoint(meterpoint_id, move_in, source))
         self._service.LinkMeterpoint(customerId=customer.customerId, meterpointId=meterpoint_id, moveIn=move_in)
         return str(customer.customerId)
+
+    def assign(self, meterpoint_id: str, move_in: date, source: tuple[str, str]) -> None:
+        """Give ``meterpoint_id`` another data source (kind, id), as the grid operator does when a meter changes."""
+        current = self._service.GetMeterpoint(meterpointId=meterpoint_id)
+        self._service.UpdateMeterpoint(
+            expectedVersion=current.version, **self._meterpoint(meterpoint_id, move_in, source)
+        )
+
+    @staticmethod
+    def _meterpoint(meterpoint_id: str, since: date, source: tuple[str, str]) -> dict[str, Any]:
+        kind, source_id = source
+        return {
+            "meterpointId": meterpoint_id,
+            "gridArea": "804",
+            "type": "consumption",
+            "resolution": "PT15M",
+            "settlementMethod": "flex",
+            "connection": {"state": "connected", "since": since},
+            "dataSource": {"kind": kind, "id": source_id},
+        }
 
 
 def post(base_url: str, api_key: str, path: str, items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -243,15 +243,38 @@ class Grid:
         self.workorders.close()
 
     def raise_tamper(self, meterpoint_id: str) -> None:
+        """A tamper alarm from the head-end, sent again (same alarm, same id) until the collection's scope view
+        has the meterpoint as the head-end's: the registry's change reaches it over Kafka a moment later."""
         alarm = {
             "meterpoint_id": meterpoint_id,
             "alarm": "tamper",
             "raised_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
         }
-        assert (
-            post(self.collection, self.credentials["collection_key"]["key"], "/v1/meter-events", [alarm])["accepted"]
-            == 1
+        key = self.credentials["collection_key"]["key"]
+        self.platform.wait_for(
+            lambda: post(self.collection, key, "/v1/meter-events", [alarm])["accepted"] == 1,
+            FLOW_SECONDS,
+            f"the tamper alarm of {meterpoint_id} accepted by the collection",
         )
+
+    @property
+    def head_end(self) -> tuple[str, str]:
+        """The run's head-end as a data source: its API key's client."""
+        return "head_end", str(self.credentials["collection_key"]["client"])
+
+    def resend_until(self, send: Callable[[], object], arrived: Callable[[], bool], what: str) -> None:
+        """``send`` again every few seconds (a meter or partner resending: ids are deterministic, so a resend is
+        the same reading) until ``arrived``; the scope view learns a new assignment over Kafka, not at once."""
+        deadline = time.monotonic() + FLOW_SECONDS
+        while True:
+            send()
+            until = min(deadline, time.monotonic() + 5.0)
+            while time.monotonic() < until:
+                if arrived():
+                    return
+                time.sleep(0.25)
+            if time.monotonic() >= deadline:
+                pytest.fail(f"no {what} within {FLOW_SECONDS}s; stack.dev.run said:\n{tail(self.platform.output)}")
 
     def order(self, meterpoint_id: str) -> dict[str, Any] | None:
         items: list[dict[str, Any]] = self.workorders.get(
@@ -262,7 +285,11 @@ class Grid:
     def readings_over_every_channel_give_the_exact_consumption_and_an_enriched_order(self) -> None:
         meterpoint = new_meterpoint()
         name = f"Karen Blixen {self.tag}"
-        customer = self.centre.register_and_link(name, meterpoint, self.move_in)
+        password = add_device(meterpoint)
+        self.platform.devices.append(meterpoint)
+        # One source delivers a meterpoint at a time; the registry moves it from the meter itself (MQTT) to the
+        # partner (FTP) to the head-end (REST), and each door's readings are in scope in their turn.
+        customer = self.centre.register_and_link(name, meterpoint, self.move_in, source=("device", meterpoint))
 
         # Yesterday 10:00-11:00 UTC: four quarter hours, each sent over one channel; the first also over REST.
         yesterday = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
@@ -270,18 +297,35 @@ class Grid:
         values = [Decimal("0.125"), Decimal("0.250"), Decimal("0.375"), Decimal("0.500")]
         ends = interval_ends(hour + timedelta(minutes=15), 4)
         readings = [reading(meterpoint, end, value) for end, value in zip(ends, values, strict=True)]
-        password = add_device(meterpoint)
-        self.platform.devices.append(meterpoint)
-        publish_over_mqtt(meterpoint, password, StackConfig().mqtt_port, readings[:2])
-        answer = post(
-            self.collection, self.credentials["collection_key"]["key"], "/v1/readings", [readings[2], readings[0]]
+
+        def readings_in_the_hour() -> int:
+            shown = self.consumption(meterpoint, hour, hour + timedelta(hours=1), "hour")
+            return sum(point["readings"] for point in shown["points"]) if shown else 0
+
+        self.resend_until(
+            lambda: publish_over_mqtt(meterpoint, password, StackConfig().mqtt_port, readings[:2]),
+            lambda: readings_in_the_hour() == 2,
+            "MQTT readings on the read side",
         )
-        assert answer["accepted"] == 2, answer
         login, secret = self.partner
-        receipt = asyncio.run(
-            upload_over_ftp(int(self.env["COLLECTION_FTP__PORT"]), login, secret, f"{meterpoint}.csv", readings[3:])
+        self.centre.assign(meterpoint, self.move_in, ("ftp_partner", login))
+        receipts: list[Any] = []
+
+        def upload() -> None:
+            port = int(self.env["COLLECTION_FTP__PORT"])
+            name = f"{meterpoint}-{len(receipts)}.csv"  # each try a file of its own
+            receipts.append(asyncio.run(upload_over_ftp(port, login, secret, name, readings[3:])))
+
+        self.resend_until(upload, lambda: receipts[-1]["accepted"] == 1, "the FTP reading accepted")
+        assert receipts[-1]["rejected"] == 0, receipts[-1]
+        self.centre.assign(meterpoint, self.move_in, self.head_end)
+        key = self.credentials["collection_key"]["key"]
+        answers: list[dict[str, Any]] = []
+        self.resend_until(
+            lambda: answers.append(post(self.collection, key, "/v1/readings", [readings[2], readings[0]])),
+            lambda: answers[-1]["accepted"] == 2,
+            "the REST readings accepted",
         )
-        assert (receipt["accepted"], receipt["rejected"]) == (1, 0), receipt
         self.raise_tamper(meterpoint)
 
         expected = sum(values)  # 1.250 kWh: the reading sent twice counts once
@@ -325,7 +369,14 @@ class Grid:
     def an_alarm_while_customers_is_stopped_opens_an_order_enriched_after_it_returns(self) -> None:
         meterpoint = new_meterpoint()
         name = f"Niels Bohr {self.tag}"
-        customer = self.centre.register_and_link(name, meterpoint, self.move_in)
+        customer = self.centre.register_and_link(name, meterpoint, self.move_in, source=self.head_end)
+        # The registry publishes the meterpoint through its outbox: once the read side knows it, it is on Kafka and
+        # reaches the collection's scope view even though the customers service is stopped next.
+        self.platform.wait_for(
+            lambda: self.readside.get(f"/v1/meterpoints/{meterpoint}").status_code == 200,
+            FLOW_SECONDS,
+            f"the read side knowing {meterpoint} from the registry",
+        )
         pid = self.platform.json("run.json")["customers"]["pid"]
         os.kill(pid, signal.SIGSTOP)
         self.platform.stopped.append(pid)
