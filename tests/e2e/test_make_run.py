@@ -5,8 +5,9 @@ name, meterpoint ids, MQTT client id and share group, FTP folder), so it can run
 and the services' own tests. Through the read side's API it must show readings of a meter of every channel
 (MQTT, REST, FTP) and the customer the simulator registered over SOAP.
 
-Then the test acts as a grid's own systems on meterpoints of its own: it registers customers and links them over
-SOAP, sends readings over MQTT, REST and FTP (one reading twice, over two channels) and raises tamper alarms. The
+Then the test acts as a grid's own systems on meterpoints of its own: it registers meterpoints and customers and
+links them over SOAP, sends readings over MQTT, REST and FTP (one reading twice, over two channels; the registry
+moves the meterpoint's one data source from door to door) and raises tamper alarms. The
 read side must show each meterpoint with its customer, the exact consumption, and an open inspection order
 carrying the customer's name; the second alarm is raised while the customers service is stopped (SIGSTOP: it
 accepts connections but never answers, the hardest outage for a caller), and its order must still open, with the
