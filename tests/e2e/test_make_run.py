@@ -11,7 +11,9 @@ moves the meterpoint's one data source from door to door) and raises tamper alar
 read side must show each meterpoint with its customer, the exact consumption, and an open inspection order
 carrying the customer's name; the second alarm is raised while the customers service is stopped (SIGSTOP: it
 accepts connections but never answers, the hardest outage for a caller), and its order must still open, with the
-customer pending, and be enriched once the service is back (SIGCONT). Finally SIGTERM must stop every process
+customer pending, and be enriched once the service is back (SIGCONT). A reading for a meterpoint nobody registered
+is held (``unknown_meterpoint``) and reaches the views only after the meterpoint is registered and the holds are
+redriven (``gridhub holds redrive``). Finally SIGTERM must stop every process
 gracefully within the deadline.
 """
 
@@ -186,6 +188,7 @@ def test_make_run_from_soap_and_three_channels_to_the_read_side_then_a_clean_sto
             try:
                 grid.readings_over_every_channel_give_the_exact_consumption_and_an_enriched_order()
                 grid.an_alarm_while_customers_is_stopped_opens_an_order_enriched_after_it_returns()
+                grid.a_held_reading_reaches_the_views_once_its_meterpoint_is_registered_and_redriven()
             finally:
                 grid.close()
 
@@ -403,6 +406,38 @@ class Grid:
             "the order and the customer on the read side",
         )
         assert [(i["work_order_id"], i["customer_name"]) for i in inspection] == [(order["work_order_id"], name)]
+
+    def a_held_reading_reaches_the_views_once_its_meterpoint_is_registered_and_redriven(self) -> None:
+        meterpoint = new_meterpoint()
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1, hours=3)
+        held = reading(meterpoint, end, Decimal("0.750"))
+        key = self.credentials["collection_key"]["key"]
+        answer = post(self.collection, key, "/v1/readings", [held])
+        assert (answer["accepted"], answer["results"][0]["status"]) == (0, "held"), answer
+        assert answer["results"][0]["reason"] == "unknown_meterpoint", answer
+
+        self.centre.register_and_link(f"Inge Lehmann {self.tag}", meterpoint, self.move_in, source=self.head_end)
+        self.platform.wait_for(
+            lambda: self.readside.get(f"/v1/meterpoints/{meterpoint}").status_code == 200,
+            FLOW_SECONDS,
+            f"the read side knowing {meterpoint} from the registry",
+        )
+        before = self.consumption(meterpoint, end - timedelta(hours=1), end, "hour")
+        assert before is None or Decimal(before["total"]) == 0, "a held reading is not in the views before its redrive"
+        env = service_environment(StackConfig(), self.env)
+        tool = [sys.executable, "-m", "services.collection.commands.holds", "redrive", f"--group=e2e-{self.tag}"]
+        redrive = subprocess.run(tool, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert redrive.returncode == 0, redrive.stdout + redrive.stderr
+        shown = self.platform.wait_for(
+            lambda: (
+                (c := self.consumption(meterpoint, end - timedelta(hours=1), end, "hour"))
+                and Decimal(c["total"]) == Decimal("0.750")
+                and c
+            ),
+            FLOW_SECONDS,
+            "the redriven reading on the read side",
+        )
+        assert sum(point["readings"] for point in shown["points"]) == 1
 
     def consumption(self, meterpoint_id: str, start: Any, end: Any, resolution: str) -> dict[str, Any] | None:
         params = {"from": start.isoformat(), "to": end.isoformat(), "resolution": resolution}
