@@ -150,6 +150,12 @@ def _collection(text: str, folder: Path) -> str:
             parts.append(
                 f"{label} ingest {row[1]} readings/s, ratio {row[3]} of a raw aiokafka batch producer ({row[2]})"
             )
+    scope = _find(r"^Scope check .*\*\*ratio ([\d.]+)\*\*", text)
+    if scope:
+        parts.append(f"scope check: REST ratio {scope[1]} with / without")
+    fairness = _find(r"\*\*fairness: beside / alone\*\* \| \*\*([\d.]+)\*\*", text)
+    if fairness:
+        parts.append(f"MQTT fairness with a device at 20x its quota {fairness[1]}")
     before, peak = _find(r"^\| before \| (\d+) \|", text), _find(r"^\| peak during the overload \| (\d+) \|", text)
     if before and peak:
         parts.append(f"RSS under 10x REST load {before[1]} -> {peak[1]} MiB")

@@ -620,6 +620,9 @@ FAIR_NORMAL_DEVICES = 9
 FAIR_NORMAL_RATE = 2.0  # messages of one reading per second, per normal device
 FAIR_NOISY_FACTOR = 20  # the noisy device sends this many times its quota
 FAIR_GRACE = 1.0  # seconds after its phase in which a reading still counts as delivered in time
+UNSCOPED_SERVICE = {"COLLECTION_SCOPE__ENFORCE": "false"}
+"""The scope check off (development only), to measure what the check costs."""
+
 FAIR_SERVICE = {
     "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__RATE": str(FAIR_QUOTA),
     "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__BURST": str(FAIR_QUOTA),
@@ -809,6 +812,7 @@ class Results:
     params: Params
     baseline_rest: list[float] = field(default_factory=list)
     rest: list[float] = field(default_factory=list)
+    rest_unscoped: list[float] = field(default_factory=list)
     baseline_mqtt: list[float] = field(default_factory=list)
     mqtt: list[float] = field(default_factory=list)
     mqtt_publish: list[float] = field(default_factory=list)
@@ -820,6 +824,23 @@ class Results:
 
 def _k(value: float) -> str:
     return f"{value / 1000:,.1f}k"
+
+
+def scope_lines(results: Results) -> list[str]:
+    """The scope check's cost: the checked service's REST rate over the same service's without the check."""
+    if not results.rest_unscoped:
+        return []
+    per_round = [on / off for on, off in zip(results.rest, results.rest_unscoped, strict=True)]
+    with_check = statistics.median(results.rest)
+    ratio = with_check / statistics.median(results.rest_unscoped)
+    return [
+        f"Scope check (each reading against the local view of meterpoints.v1): REST {_k(with_check)}"
+        f" readings/s with it, {_k(statistics.median(results.rest_unscoped))} without it (the same service with"
+        f" COLLECTION_SCOPE__ENFORCE=false, rounds alternating): **ratio {ratio:.2f}** (per round "
+        + ", ".join(f"{r:.2f}" for r in per_round)
+        + ").",
+        "",
+    ]
 
 
 def report(results: Results, command: str, quick: bool = False) -> str:
@@ -865,6 +886,7 @@ def report(results: Results, command: str, quick: bool = False) -> str:
         f"| MQTT, messages of {p.readings_per_message} readings | {_k(mqtt)} | {_k(base_mqtt)} |"
         f" {mqtt / base_mqtt:.2f} |",
         "",
+        *scope_lines(results),
         f"MQTT publishers got PUBACKs from the broker for {_k(statistics.median(results.mqtt_publish))} messages/s"
         f" ({_k(statistics.median(results.mqtt_publish) * p.readings_per_message)} readings/s) in total; the service's"
         " rate above counts a reading once Kafka acknowledged it (the service acknowledges the broker after that).",
@@ -1016,6 +1038,11 @@ async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefi
         [(m, "head_end", "bench") for m in meters] + [(m, "device", m) for m in devices_of_run],
     )
     service = start_service(stack, run_id, log, prefix)
+    # The same service with the scope check off, for the check's cost in this run (its rounds alternate with the
+    # checked service's); stopped before the MQTT rounds, where it would compete for the shared subscription.
+    unscoped: Service | None = start_service(
+        stack, f"{run_id}-unscoped", log.with_suffix(".unscoped.log"), prefix, UNSCOPED_SERVICE
+    )
     api_key, key_id = await add_api_key(stack)
     try:
         items = readings(meters, params.rest_readings)
@@ -1024,14 +1051,20 @@ async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefi
         # Warm up both (connections, metadata, JIT-free but cache-warm): a few batches each, not measured.
         await baseline(stack.kafka_bootstrap, records[: params.batch * 4], batch=params.batch, concurrency=4)
         await rest_round(service, api_key, bodies[:4], params.batch, 4)
+        assert unscoped is not None
+        await rest_round(unscoped, api_key, bodies[:4], params.batch, 4)
         for round_number in range(params.rounds):
             results.baseline_rest.append(
                 await baseline(stack.kafka_bootstrap, records, batch=params.batch, concurrency=params.concurrency)
             )
             results.rest.append(await rest_round(service, api_key, bodies, params.batch, params.concurrency))
+            results.rest_unscoped.append(await rest_round(unscoped, api_key, bodies, params.batch, params.concurrency))
             print(
-                f"round {round_number + 1}: REST {_k(results.rest[-1])}/s, baseline {_k(results.baseline_rest[-1])}/s"
+                f"round {round_number + 1}: REST {_k(results.rest[-1])}/s, without the scope check"
+                f" {_k(results.rest_unscoped[-1])}/s, baseline {_k(results.baseline_rest[-1])}/s"
             )
+        stop_service(unscoped, stack)
+        unscoped = None
 
         for round_number in range(params.rounds):
             rate, publish_rate, mqtt_items = await asyncio.to_thread(mqtt_round, stack, service, params, devices_of_run)
@@ -1055,6 +1088,8 @@ async def _run(params: Params, stack: StackConfig, log: Path, run_id: str, prefi
         print(f"overload: RSS {before:.0f} -> peak {peak:.0f} MiB; {answers}")
     finally:
         await revoke_api_key(stack, key_id)
+        if unscoped is not None:
+            stop_service(unscoped, stack)
         stop_service(service, stack)
     results.fairness = await fairness_part(params, stack, log, run_id, prefix)
     return results
