@@ -34,21 +34,15 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import asyncpg
 
 from libs.events.gsrn import is_valid_gsrn
 from libs.platform.apikeys import check_expiry, parse_expiry
-from libs.platform.audit import AUDIT_COMPONENT, AUDIT_MIGRATIONS, Actor, record_audit
-from libs.platform.database import open_database
+from libs.platform.audit import Actor, record_audit
 from libs.platform.tenancy import Role, validate_tenant
 from services.collection.adapters.devices import DeviceAccount, PostgresDeviceStore
-from services.collection.adapters.ftpusers import FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS
+from services.collection.commands.database import collection_database
 from services.collection.settings import CollectionSettings, DeviceSettings
 
 _TOOL_TIMEOUT = 30.0
@@ -118,17 +112,6 @@ def remove_device(meterpoint_id: str, *, settings: DeviceSettings | None = None)
     _reload(pid_file)
 
 
-@asynccontextmanager
-async def device_database(settings: CollectionSettings) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """The collection database with the device and audit tables migrated (one connection: a tool's)."""
-    migrations = [(FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS), (AUDIT_COMPONENT, AUDIT_MIGRATIONS)]
-    pool = await open_database(settings, migrations, max_size=1, application_name="gridhub-ops")
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 async def add(
     settings: CollectionSettings,
     meterpoint_id: str,
@@ -151,7 +134,7 @@ async def add(
     account = DeviceAccount(meterpoint_id, tenant, now, now, expires_at)
     before: DeviceAccount | None = None
     written = False
-    async with device_database(settings) as pool, pool.acquire() as connection:
+    async with collection_database(settings) as pool, pool.acquire() as connection:
         try:
             async with connection.transaction():
                 store = PostgresDeviceStore(pool)
@@ -192,7 +175,7 @@ async def rotate(
     now = datetime.now(UTC)
     if expires_at is not None:
         check_expiry(expires_at, now)
-    async with device_database(settings) as pool, pool.acquire() as connection, connection.transaction():
+    async with collection_database(settings) as pool, pool.acquire() as connection, connection.transaction():
         store = PostgresDeviceStore(pool)
         account = await store.get(meterpoint_id, connection=connection)
         if account is None or account.removed_at is not None:
@@ -213,7 +196,7 @@ async def rotate(
 async def remove(settings: CollectionSettings, meterpoint_id: str, *, actor: Actor, reason: str = "removed") -> bool:
     """Take the device out of the broker and mark its account removed; False when it had no account."""
     now = datetime.now(UTC)
-    async with device_database(settings) as pool, pool.acquire() as connection, connection.transaction():
+    async with collection_database(settings) as pool, pool.acquire() as connection, connection.transaction():
         store = PostgresDeviceStore(pool)
         account = await store.get(meterpoint_id, connection=connection)
         if account is not None:
@@ -234,7 +217,7 @@ async def remove(settings: CollectionSettings, meterpoint_id: str, *, actor: Act
 
 async def prune(settings: CollectionSettings, *, actor: Actor, now: datetime | None = None) -> list[str]:
     """Remove every device past its end from the broker (at most 1,000 a run); return their meterpoints."""
-    async with device_database(settings) as pool:
+    async with collection_database(settings) as pool:
         expired = await PostgresDeviceStore(pool).expired(now or datetime.now(UTC))
     for account in expired:
         await remove(settings, account.meterpoint_id, actor=actor, reason="expired")
@@ -243,7 +226,7 @@ async def prune(settings: CollectionSettings, *, actor: Actor, now: datetime | N
 
 async def list_devices(settings: CollectionSettings, *, tenant: str | None = None) -> list[DeviceAccount]:
     """Device accounts (of ``tenant`` if given), removed ones too."""
-    async with device_database(settings) as pool:
+    async with collection_database(settings) as pool:
         return await PostgresDeviceStore(pool).accounts(tenant=tenant)
 
 

@@ -16,41 +16,23 @@ import argparse
 import asyncio
 import secrets
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import asyncpg
 
 from libs.platform.apikeys import MAX_LIFETIME, check_expiry, parse_duration, parse_expiry
-from libs.platform.audit import AUDIT_COMPONENT, AUDIT_MIGRATIONS, Actor, record_audit
-from libs.platform.database import open_database
+from libs.platform.audit import Actor, record_audit
 from libs.platform.passwords import hash_password
 from libs.platform.tenancy import Role, validate_tenant
 from services.collection.adapters.ftpusers import (
-    FTP_USERS_COMPONENT,
-    FTP_USERS_MIGRATIONS,
     FtpUser,
     PostgresFtpUserStore,
     check_login,
     check_password,
     new_ftp_user,
 )
+from services.collection.commands.database import collection_database
 from services.collection.settings import CollectionSettings
 
 DEFAULT_OVERLAP = timedelta(days=7)
-
-
-@asynccontextmanager
-async def partner_database(settings: CollectionSettings) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """The collection database with the partner and audit tables migrated (one connection: a tool's)."""
-    migrations = [(FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS), (AUDIT_COMPONENT, AUDIT_MIGRATIONS)]
-    pool = await open_database(settings, migrations, max_size=1, application_name="gridhub-ops")
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -68,7 +50,7 @@ async def add(
 ) -> FtpUser:
     """Create the partner account with its audit event; ValueError for bad input or an existing login."""
     user = new_ftp_user(login, password, tenant=tenant, expires_at=expires_at)
-    async with partner_database(settings) as pool, pool.acquire() as connection, connection.transaction():
+    async with collection_database(settings) as pool, pool.acquire() as connection, connection.transaction():
         await PostgresFtpUserStore(pool).add(user, connection=connection)
         await record_audit(
             connection,
@@ -99,7 +81,7 @@ async def set_password(
     now = datetime.now(UTC)
     if expires_at is not None:
         check_expiry(expires_at, now)
-    async with partner_database(settings) as pool, pool.acquire() as connection, connection.transaction():
+    async with collection_database(settings) as pool, pool.acquire() as connection, connection.transaction():
         store = PostgresFtpUserStore(pool)
         before = await store.get(login, connection=connection)
         if before is None:
@@ -143,7 +125,7 @@ async def rotate(
     moment = now or datetime.now(UTC)
     if expires_at is not None:
         check_expiry(expires_at, moment)
-    async with partner_database(settings) as pool, pool.acquire() as connection, connection.transaction():
+    async with collection_database(settings) as pool, pool.acquire() as connection, connection.transaction():
         store = PostgresFtpUserStore(pool)
         # FOR UPDATE: two rotations at once would each keep a different "previous" hash.
         if await connection.fetchval("SELECT 1 FROM ftp_users WHERE login = $1 FOR UPDATE", login) is None:
@@ -175,7 +157,7 @@ async def rotate(
 
 async def disable(settings: CollectionSettings, login: str, *, actor: Actor) -> bool:
     """Lock the partner out, audited; False when there is no such login."""
-    async with partner_database(settings) as pool, pool.acquire() as connection, connection.transaction():
+    async with collection_database(settings) as pool, pool.acquire() as connection, connection.transaction():
         store = PostgresFtpUserStore(pool)
         before = await store.get(login, connection=connection)
         if before is None:
@@ -196,7 +178,7 @@ async def disable(settings: CollectionSettings, login: str, *, actor: Actor) -> 
 
 async def list_partners(settings: CollectionSettings, *, tenant: str | None = None) -> list[FtpUser]:
     """Partner accounts (of ``tenant`` if given), disabled ones too."""
-    async with partner_database(settings) as pool:
+    async with collection_database(settings) as pool:
         return await PostgresFtpUserStore(pool).list(tenant=tenant)
 
 
