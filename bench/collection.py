@@ -259,8 +259,15 @@ class Service:
 
 
 def start_service(
-    stack: StackConfig, run_id: str, log: Path, topic_prefix: str, overrides: dict[str, str] | None = None
+    stack: StackConfig,
+    run_id: str,
+    log: Path,
+    topic_prefix: str,
+    overrides: dict[str, str | None] | None = None,
+    tree: Path = REPO,
 ) -> Service:
+    """The collection service of the checkout at ``tree`` (this one by default) with this run's settings, ready;
+    an override of None leaves a variable unset (one that an earlier revision does not know)."""
     port = free_port()
     client_id = f"bench-{run_id}"
     event_source = f"/gridhub/collection-bench-{run_id}"
@@ -286,11 +293,15 @@ def start_service(
         "COLLECTION_BOUNDARIES__REST_INGRESS__PER_CLIENT__MAX_PER_CLIENT": "1000",
         "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__RATE": "1000000000",
         "COLLECTION_BOUNDARIES__MQTT_INGRESS__QUOTA__BURST": "1000000000",
-        **(overrides or {}),
     }
+    for name, value in (overrides or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.collection"], cwd=REPO, env=environment, stdout=sink, stderr=sink
+            [sys.executable, "-m", "services.collection"], cwd=tree, env=environment, stdout=sink, stderr=sink
         )
     service = Service(process, port, client_id, event_source, log)
     deadline = time.monotonic() + 60.0
