@@ -11,6 +11,7 @@ from libs.events.customers import CustomerRegistered, CustomerUpdated, Meterpoin
 from libs.events.envelope import CloudEvent, envelope_class
 from libs.events.meter import MeterAlarmRaised, MeterReadingReceived
 from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated
+from libs.events.series import GapFillRequested, MeterSeriesValidated
 from libs.events.workorders import (
     WorkOrderCancelled,
     WorkOrderCompleted,
@@ -33,6 +34,8 @@ EVENT_CLASSES: tuple[type[EventData], ...] = (
     WorkOrderCancelled,
     MeterpointRegistered,
     MeterpointUpdated,
+    MeterSeriesValidated,
+    GapFillRequested,
 )
 """All payload classes; a new event is added here (and gets its schema from ``python -m libs.events.schemas``)."""
 

@@ -30,6 +30,16 @@ from libs.events.meterpoints import (
     SettlementMethod,
     SourceKind,
 )
+from libs.events.series import (
+    EstimationMethod,
+    GapFillRequested,
+    IntervalStatus,
+    MeterSeriesValidated,
+    PublicationReason,
+    QuantityQuality,
+    RuleCode,
+    SeriesPoint,
+)
 from libs.events.workorders import (
     TimeWindow,
     WorkOrderCancelled,
@@ -49,6 +59,7 @@ WORK_ORDER = "WO-2025-000117"
 COLLECTION = "/gridhub/collection"
 CUSTOMERS = "/gridhub/customers"
 WORKORDERS = "/gridhub/workorders"
+VEE = "/gridhub/vee"
 GRID_COMPANY = "5790000000012"
 """A grid company's GLN-13 (check digit computed): the owner of the example meterpoints."""
 
@@ -222,4 +233,69 @@ def example_events() -> list[CloudEvent[Any]]:
             id=_id(11),
             time=_at(2, 8),
         ),
+        make_event(_example_series(), source=VEE, time=datetime(2025, 3, 2, 6, 0, tzinfo=UTC)),
+        make_event(
+            GapFillRequested(
+                request_id=GapFillRequested.id_of(
+                    METERPOINT, Register.ACTIVE_IMPORT, _at(1, 10, 15), _at(1, 12, 15), 1
+                ),
+                meterpoint_id=METERPOINT,
+                grid_company=GRID_COMPANY,
+                data_source=DataSource(kind=SourceKind.DEVICE, id=METERPOINT),
+                register=Register.ACTIVE_IMPORT,
+                resolution=Resolution.PT15M,
+                start=_at(1, 10, 15),
+                end=_at(1, 12, 15),
+                attempt=1,
+                requested_at=_at(1, 13, 0),
+            ),
+            source=VEE,
+            time=_at(1, 13, 0),
+        ),
     ]
+
+
+def _example_series() -> MeterSeriesValidated:
+    """2025-03-01 in Copenhagen (UTC+1): 96 quarter-hours, 8 of them (10:00-12:00 local) estimated linearly."""
+    points = []
+    for position in range(1, 97):
+        if 41 <= position <= 48:
+            points.append(
+                SeriesPoint(
+                    position=position,
+                    quantity=0.4,
+                    quality=QuantityQuality.ESTIMATED,
+                    status=IntervalStatus.ESTIMATED,
+                    version=1,
+                    method=EstimationMethod.LINEAR,
+                    rules=(RuleCode.GAP,),
+                )
+            )
+        else:
+            points.append(
+                SeriesPoint(
+                    position=position,
+                    quantity=0.412,
+                    quality=QuantityQuality.AS_PROVIDED,
+                    status=IntervalStatus.MEASURED,
+                    version=1,
+                )
+            )
+    day = date(2025, 3, 1)
+    return MeterSeriesValidated(
+        series_id=MeterSeriesValidated.id_of(METERPOINT, Register.ACTIVE_IMPORT, day, 1),
+        meterpoint_id=METERPOINT,
+        grid_company=GRID_COMPANY,
+        grid_area="804",
+        meterpoint_type=MeterpointType.CONSUMPTION,
+        register=Register.ACTIVE_IMPORT,
+        resolution=Resolution.PT15M,
+        time_zone="Europe/Copenhagen",
+        day=day,
+        start=datetime(2025, 2, 28, 23, 0, tzinfo=UTC),
+        end=datetime(2025, 3, 1, 23, 0, tzinfo=UTC),
+        version=1,
+        reason=PublicationReason.DEADLINE,
+        final=False,
+        points=tuple(points),
+    )

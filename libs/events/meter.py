@@ -77,8 +77,12 @@ class MeterAlarm(StrEnum):
 
 MAX_READING_VALUE = 999_999_999.999
 
-EnergyValue = Annotated[float, Field(ge=0, le=MAX_READING_VALUE, allow_inf_nan=False)]
-"""Non-negative energy of one interval, at most 3 decimals (Wh resolution for kWh) and 9 integer digits.
+EnergyValue = Annotated[float, Field(ge=-MAX_READING_VALUE, le=MAX_READING_VALUE, allow_inf_nan=False)]
+"""Energy of one interval, at most 3 decimals (Wh resolution for kWh) and 9 integer digits.
+
+Signed: a head-end system that derives interval values from two meter indexes delivers a negative one after a
+meter exchange or a register rollback. The edge keeps it (refusing it would turn it into a gap that nobody sees);
+the validation stage flags it (rule ``sign``) and estimates the interval in the validated series.
 
 A float, not a Decimal: every value of this range with 3 decimals has at most 12 significant digits, which an
 IEEE double and its JSON spelling carry exactly (``Decimal(repr(value))`` or a NUMERIC(12, 3) column gets the
@@ -87,6 +91,9 @@ n * T < 1e12 (a day of quarter-hours of a 100 MW plant is ~2e8); beyond that, su
 A float costs a third of a validated Decimal per reading, and pydantic's Decimal also takes "12.5" strings,
 which the contract refuses.
 """
+
+IndexValue = Annotated[float, Field(ge=0, le=MAX_READING_VALUE, allow_inf_nan=False)]
+"""A register's cumulative reading (the meter index) in the reading's unit, at most 3 decimals."""
 
 
 _READING_RULES: dict[str, Any] = {
@@ -134,6 +141,11 @@ with warnings.catch_warnings():
         quality: Quality
         source: SourceId = Field(description="Ingress channel or head-end system that delivered the reading.")
         reading_id: UuidStr = Field(description="Deterministic id of the natural key (see README).")
+        meter_index: IndexValue | None = Field(
+            default=None,
+            description="The register's index at interval_end in the reading's unit, if the meter sends it: the"
+            " validation stage makes the estimates of a gap between two indexes sum to their difference.",
+        )
 
         @model_validator(mode="after")
         def _consistent(self) -> Self:
@@ -145,6 +157,8 @@ with warnings.catch_warnings():
             # (JSON Schema's multipleOf 0.001 would misjudge binary floats, so only the model checks it.)
             if round(self.value, 3) != self.value:
                 raise ValueError("a reading value has at most 3 decimals")
+            if self.meter_index is not None and round(self.meter_index, 3) != self.meter_index:
+                raise ValueError("a meter index has at most 3 decimals")
             return self
 
         def natural_event_id(self) -> str:
@@ -163,6 +177,7 @@ with warnings.catch_warnings():
             unit: Unit,
             quality: Quality,
             source: str,
+            meter_index: float | None = None,
         ) -> MeterReadingReceived:
             """A validated reading with its deterministic ``reading_id`` filled in and ``interval_end`` in UTC."""
             interval_end = as_utc(interval_end)
@@ -176,6 +191,7 @@ with warnings.catch_warnings():
                 quality=quality,
                 source=source,
                 reading_id=reading_id(meterpoint_id, register, interval_end, source),
+                meter_index=meter_index,
             )
 
 

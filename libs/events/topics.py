@@ -17,6 +17,10 @@ WORKORDERS = "workorders.v1"
 """Work order lifecycle events, keyed by work order id."""
 METERPOINTS = "meterpoints.v1"
 """Meterpoint master data (MeterpointRegistered, MeterpointUpdated), keyed by meterpoint id; compacted."""
+SERIES = "meter.series.v1"
+"""Validated daily series (MeterSeriesValidated), keyed by meterpoint id; every version of every day."""
+COMMANDS = "meter.commands.v1"
+"""Requests to the sources of meter data (GapFillRequested), keyed by meterpoint id."""
 
 DLQ_SUFFIX = ".dlq"
 PARTITIONS = 6
@@ -56,10 +60,12 @@ class TopicSpec:
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": "compact" if self.compacted else "delete"}
 
 
-EVENT_TOPICS: tuple[str, ...] = (READINGS, METER_EVENTS, CUSTOMERS, WORKORDERS, METERPOINTS)
+EVENT_TOPICS: tuple[str, ...] = (READINGS, METER_EVENTS, CUSTOMERS, WORKORDERS, METERPOINTS, SERIES, COMMANDS)
 """The topics that carry events (without their DLQs)."""
 
-_RETENTION_MS = {READINGS: READINGS_RETENTION_MS, METERPOINTS: -1}
+# A gap-fill request is worth nothing after a week: the sources hold weeks of history, and the validation stage
+# asks again while the gap is open.
+_RETENTION_MS = {READINGS: READINGS_RETENTION_MS, METERPOINTS: -1, COMMANDS: READINGS_RETENTION_MS}
 COMPACTED: frozenset[str] = frozenset({METERPOINTS})
 """Topics whose consumers rebuild state from the newest record per key (read them from the beginning)."""
 

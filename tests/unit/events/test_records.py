@@ -134,7 +134,7 @@ def test_a_newer_schema_version_is_unsupported_not_garbage() -> None:
 
 def test_a_schema_violation_names_the_fields_and_the_event_type() -> None:
     document = orjson.loads(encode(READING))
-    document["data"]["value"] = -1
+    document["data"]["value"] = -1e12
     document["data"]["unit"] = "litre"
     with pytest.raises(InvalidEvent) as caught:
         decode(orjson.dumps(document))

@@ -16,6 +16,8 @@ def test_the_event_topics_have_their_agreed_names() -> None:
         "customers.v1",
         "workorders.v1",
         "meterpoints.v1",
+        "meter.series.v1",
+        "meter.commands.v1",
     )
 
 
@@ -33,7 +35,7 @@ def test_a_dead_letter_topic_has_no_dead_letter_topic() -> None:
 def test_every_topic_and_its_dlq_is_listed_with_six_partitions() -> None:
     names = [spec.name for spec in topics.TOPICS]
     assert sorted(names) == sorted([*topics.EVENT_TOPICS, *map(topics.dlq, topics.EVENT_TOPICS)])
-    assert len(set(names)) == len(names) == 10
+    assert len(set(names)) == len(names) == 14
     assert all(spec.partitions == 6 for spec in topics.TOPICS)
 
 

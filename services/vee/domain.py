@@ -1,0 +1,264 @@
+"""The validation stage's rules, pure: no I/O, no clock of its own (``now`` is passed in), no asyncpg or aiokafka.
+
+The service (handlers.py, adapters/) keeps the state in PostgreSQL and calls these functions; docs/validation.md
+explains each rule, each estimation method and the quality codes, with their sources.
+
+Units: every value here is in kWh (the service converts Wh and MWh on the way in). Times are aware datetimes in
+UTC; local days and hours are counted in the meterpoint's ``time_zone``. An interval is named by its end (the
+reading's ``interval_end``) and belongs to the local day in which it *starts*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from libs.events.meter import Register, Resolution
+from libs.events.meterpoints import (
+    ConnectionState,
+    DataSource,
+    MeterpointRegistered,
+    MeterpointType,
+    MeterpointUpdated,
+)
+from libs.events.series import EstimationMethod, IntervalStatus, QuantityQuality, RuleCode, SeriesPoint
+
+HARD_RULES: frozenset[RuleCode] = frozenset(
+    {RuleCode.SIGN, RuleCode.RANGE, RuleCode.RESOLUTION, RuleCode.ALIGNMENT, RuleCode.CONNECTION_PERIOD}
+)
+"""A measured value flagged by one of these is kept but rejected from the series (estimated in its place)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Meterpoint:
+    """The master data the rules need, from the newest MeterpointRegistered/Updated."""
+
+    meterpoint_id: str
+    grid_company: str
+    grid_area: str
+    time_zone: str
+    type: MeterpointType
+    resolution: Resolution
+    connection_state: ConnectionState
+    connected_since: date
+    data_source: DataSource | None
+    version: int
+
+    @classmethod
+    def from_event(cls, event: MeterpointRegistered | MeterpointUpdated) -> Meterpoint:
+        return cls(
+            meterpoint_id=event.meterpoint_id,
+            grid_company=event.grid_company,
+            grid_area=event.grid_area,
+            time_zone=event.time_zone,
+            type=event.type,
+            resolution=event.resolution,
+            connection_state=event.connection.state,
+            connected_since=event.connection.since,
+            data_source=event.data_source,
+            version=event.version,
+        )
+
+    @property
+    def registers(self) -> tuple[Register, ...]:
+        """The series this meterpoint has: consumption active_import, production active_export, exchange both."""
+        raise NotImplementedError
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """Every threshold of the rules and the estimation; the service's settings (VEE_RULES__*) fill it in.
+
+    The defaults are documented in docs/validation.md with their reasons.
+    """
+
+    max_kwh_per_hour: Mapping[MeterpointType, float] = field(
+        default_factory=lambda: {
+            MeterpointType.CONSUMPTION: 1_000.0,
+            MeterpointType.PRODUCTION: 100_000.0,
+            MeterpointType.EXCHANGE: 1_000_000.0,
+        }
+    )
+    spike_factor: float = 3.0
+    spike_percentile: float = 0.95
+    spike_min_samples: int = 4
+    spike_min_kwh: float = 0.5
+    zero_run_hours: float = 12.0
+    short_gap_hours: float = 3.0
+    profile_min_samples: int = 1
+    profile_max_samples: int = 8
+
+
+@dataclass(slots=True)
+class Profile:
+    """A meterpoint register's own history per hour-of-week (0 = Monday 00-01 local ... 167): the newest
+    ``max_samples`` measured values (kWh per interval) of each, oldest first."""
+
+    samples: dict[int, list[float]] = field(default_factory=dict)
+    max_samples: int = 8
+
+    def add(self, hour_of_week: int, value: float) -> None:
+        raise NotImplementedError
+
+    def percentile(self, hour_of_week: int, q: float) -> float | None:
+        """The ``q`` quantile of the hour's samples, None without any."""
+        raise NotImplementedError
+
+    def mean(self, hour_of_week: int, min_samples: int = 1) -> float | None:
+        """The mean of the hour's samples, None with fewer than ``min_samples``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """The current version of a measured interval (the newest reading of it) and the rules it failed."""
+
+    interval_end: datetime
+    value: float
+    version: int
+    rules: tuple[RuleCode, ...] = ()
+    meter_index: float | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return any(rule in HARD_RULES for rule in self.rules)
+
+
+# --- time -------------------------------------------------------------------------------------------------------
+
+
+def step_of(resolution: Resolution) -> timedelta:
+    raise NotImplementedError
+
+
+def day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """(local midnight of ``day``, local midnight of the next day), both in UTC: 23, 24 or 25 hours apart."""
+    raise NotImplementedError
+
+
+def interval_ends(day: date, zone: ZoneInfo, resolution: Resolution) -> list[datetime]:
+    """The UTC ends of the day's intervals in order: position 1 is the first (92, 96 or 100 for PT15M)."""
+    raise NotImplementedError
+
+
+def day_of(interval_end: datetime, zone: ZoneInfo, resolution: Resolution) -> date:
+    """The local day an interval belongs to (the day its start falls in)."""
+    raise NotImplementedError
+
+
+def hour_of_week(interval_end: datetime, zone: ZoneInfo, resolution: Resolution) -> int:
+    """0..167 of the interval's start in local time (Monday 00:00-01:00 is 0)."""
+    raise NotImplementedError
+
+
+def deadline_of(day: date, zone: ZoneInfo, *, days_after: int = 1, local_time: str = "07:00") -> datetime:
+    """The UTC instant ``days_after`` days after ``day`` at ``local_time`` local (D+1 07:00 by default; billing
+    deadline with days_after=5)."""
+    raise NotImplementedError
+
+
+# --- rules on arrival -------------------------------------------------------------------------------------------
+
+
+def check_reading(
+    meterpoint: Meterpoint,
+    *,
+    interval_end: datetime,
+    resolution: Resolution,
+    value: float,
+    previous: Measured | None,
+    profile: Profile,
+    zeros_before: int,
+    settings: RuleSettings,
+) -> tuple[RuleCode, ...]:
+    """The rules a newly arrived reading (kWh) fails, in RuleCode order; () when it passes.
+
+    ``previous`` is the interval's current version if there is one (a different value is a CORRECTION; the
+    service does not call this for an identical one: that is a duplicate). ``zeros_before`` is the number of
+    consecutive measured zeros that end right before this interval (ZERO_RUN when this value is zero too and the
+    run reaches ``zero_run_hours`` while the profile says the point normally consumes). SPIKE compares with
+    ``spike_factor`` x the ``spike_percentile`` of the same hour-of-week (with at least ``spike_min_samples``
+    samples, and only above ``spike_min_kwh``). CONNECTION_PERIOD: before ``connected_since`` (local day) or
+    while the point is not connected.
+    """
+    raise NotImplementedError
+
+
+# --- the day ----------------------------------------------------------------------------------------------------
+
+
+def assemble_day(
+    meterpoint: Meterpoint,
+    day: date,
+    measured: Mapping[datetime, Measured],
+    profile: Profile,
+    *,
+    previous: Sequence[SeriesPoint] | None,
+    final: bool,
+    settings: RuleSettings,
+) -> tuple[SeriesPoint, ...]:
+    """Every interval of ``day``, measured, estimated or missing, with interval versions.
+
+    ``measured`` holds the current versions keyed by interval end and may reach beyond the day (the service
+    passes the day and one day on each side), so that gaps at the day's edges have their neighbours.
+    - A clean measured interval: A04, status MEASURED (TEMPORARY is not used by this stage).
+    - A rejected one (a hard rule): estimated like a gap, status REJECTED, ``measured`` = the delivered value,
+      rules = its rules.
+    - A gap (no measured value): a run of missing intervals of at most ``short_gap_hours`` between two measured
+      neighbours is interpolated linearly (EstimationMethod.LINEAR); a longer one (or one without both
+      neighbours) from the profile's mean of the same hour-of-week, scaled by the level of the measured
+      intervals around it against their own profile means (PROFILE); without history A02, quantity 0, status
+      MISSING. Estimates carry rules (GAP,), status ESTIMATED, or FINAL_ESTIMATE when ``final``.
+    - Where the measured neighbours on both sides of a run carry a ``meter_index``, the run's estimates are
+      scaled so that they sum exactly (to the Wh) to (index after - its value) - index before, and carry
+      REGISTER_SUM as well.
+    - Quantities are rounded to 3 decimals. Interval version: 1 for a new position, the previous point's version
+      when nothing of it changed, +1 when quantity, quality, status, method or rules changed.
+    """
+    raise NotImplementedError
+
+
+def is_complete(points: Sequence[SeriesPoint]) -> bool:
+    """Every interval measured and none rejected."""
+    return all(
+        point.quality is QuantityQuality.AS_PROVIDED and point.status is IntervalStatus.MEASURED for point in points
+    )
+
+
+def changed(previous: Sequence[SeriesPoint] | None, points: Sequence[SeriesPoint]) -> bool:
+    """True when a new version of the day is worth publishing (any point differs)."""
+    return previous is None or tuple(previous) != tuple(points)
+
+
+def gaps(
+    expected: Sequence[datetime], present: frozenset[datetime], resolution: Resolution
+) -> list[tuple[datetime, datetime]]:
+    """Runs of missing interval ends as (start exclusive, end inclusive) ranges, in order: what to re-read."""
+    raise NotImplementedError
+
+
+__all__ = [
+    "HARD_RULES",
+    "EstimationMethod",
+    "Measured",
+    "Meterpoint",
+    "Profile",
+    "RuleSettings",
+    "assemble_day",
+    "changed",
+    "check_reading",
+    "day_bounds",
+    "day_of",
+    "deadline_of",
+    "gaps",
+    "hour_of_week",
+    "interval_ends",
+    "is_complete",
+    "step_of",
+]
