@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from libs.events.meter import Register, Resolution
@@ -64,11 +65,24 @@ class Meterpoint:
     @property
     def registers(self) -> tuple[Register, ...]:
         """The series this meterpoint has: consumption active_import, production active_export, exchange both."""
-        raise NotImplementedError
+        return _REGISTERS[self.type]
 
     @property
     def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.time_zone)
+        return zone_of(self.time_zone)
+
+
+_REGISTERS: dict[MeterpointType, tuple[Register, ...]] = {
+    MeterpointType.CONSUMPTION: (Register.ACTIVE_IMPORT,),
+    MeterpointType.PRODUCTION: (Register.ACTIVE_EXPORT,),
+    MeterpointType.EXCHANGE: (Register.ACTIVE_IMPORT, Register.ACTIVE_EXPORT),
+}
+
+
+@lru_cache(maxsize=64)
+def zone_of(name: str) -> ZoneInfo:
+    """The zone of a grid area, built once per name (check_reading runs per reading)."""
+    return ZoneInfo(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +118,34 @@ class Profile:
     max_samples: int = 8
 
     def add(self, hour_of_week: int, value: float) -> None:
-        raise NotImplementedError
+        if not 0 <= hour_of_week < HOURS_PER_WEEK:
+            raise ValueError(f"hour of week {hour_of_week} is outside 0..167")
+        hour = self.samples.setdefault(hour_of_week, [])
+        hour.append(value)
+        if len(hour) > self.max_samples:
+            del hour[: len(hour) - self.max_samples]
 
     def percentile(self, hour_of_week: int, q: float) -> float | None:
-        """The ``q`` quantile of the hour's samples, None without any."""
-        raise NotImplementedError
+        """The ``q`` quantile of the hour's samples, None without any.
+
+        Linear between the two nearest ranks (numpy's default, statistics.quantiles' "inclusive"): q=0 is the
+        smallest sample, q=1 the largest."""
+        hour = self.samples.get(hour_of_week)
+        if not hour:
+            return None
+        ordered = sorted(hour)
+        rank = min(max(q, 0.0), 1.0) * (len(ordered) - 1)
+        below = int(rank)
+        if below + 1 >= len(ordered):
+            return ordered[-1]
+        return ordered[below] + (ordered[below + 1] - ordered[below]) * (rank - below)
 
     def mean(self, hour_of_week: int, min_samples: int = 1) -> float | None:
         """The mean of the hour's samples, None with fewer than ``min_samples``."""
-        raise NotImplementedError
+        hour = self.samples.get(hour_of_week)
+        if not hour or len(hour) < min_samples:
+            return None
+        return sum(hour) / len(hour)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,34 +166,53 @@ class Measured:
 # --- time -------------------------------------------------------------------------------------------------------
 
 
+HOURS_PER_WEEK = 168
+
+_STEPS: dict[Resolution, timedelta] = {
+    Resolution.PT15M: timedelta(minutes=15),
+    Resolution.PT1H: timedelta(hours=1),
+}
+
+
 def step_of(resolution: Resolution) -> timedelta:
-    raise NotImplementedError
+    return _STEPS[resolution]
+
+
+@lru_cache(maxsize=4096)
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    # A local time that does not exist (a zone that springs forward at midnight) resolves with fold=0 to the
+    # instant of the change, which is where that local day really starts.
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 def day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """(local midnight of ``day``, local midnight of the next day), both in UTC: 23, 24 or 25 hours apart."""
-    raise NotImplementedError
+    return _midnight(day, zone), _midnight(day + timedelta(days=1), zone)
 
 
 def interval_ends(day: date, zone: ZoneInfo, resolution: Resolution) -> list[datetime]:
     """The UTC ends of the day's intervals in order: position 1 is the first (92, 96 or 100 for PT15M)."""
-    raise NotImplementedError
+    start, end = day_bounds(day, zone)
+    step = _STEPS[resolution]
+    return [start + step * position for position in range(1, (end - start) // step + 1)]
 
 
 def day_of(interval_end: datetime, zone: ZoneInfo, resolution: Resolution) -> date:
     """The local day an interval belongs to (the day its start falls in)."""
-    raise NotImplementedError
+    return (interval_end - _STEPS[resolution]).astimezone(zone).date()
 
 
 def hour_of_week(interval_end: datetime, zone: ZoneInfo, resolution: Resolution) -> int:
     """0..167 of the interval's start in local time (Monday 00:00-01:00 is 0)."""
-    raise NotImplementedError
+    start = (interval_end - _STEPS[resolution]).astimezone(zone)
+    return start.weekday() * 24 + start.hour
 
 
 def deadline_of(day: date, zone: ZoneInfo, *, days_after: int = 1, local_time: str = "07:00") -> datetime:
     """The UTC instant ``days_after`` days after ``day`` at ``local_time`` local (D+1 07:00 by default; billing
     deadline with days_after=5)."""
-    raise NotImplementedError
+    at = time.fromisoformat(local_time)
+    return datetime.combine(day + timedelta(days=days_after), at, tzinfo=zone).astimezone(UTC)
 
 
 # --- rules on arrival -------------------------------------------------------------------------------------------
@@ -239,8 +291,27 @@ def changed(previous: Sequence[SeriesPoint] | None, points: Sequence[SeriesPoint
 def gaps(
     expected: Sequence[datetime], present: frozenset[datetime], resolution: Resolution
 ) -> list[tuple[datetime, datetime]]:
-    """Runs of missing interval ends as (start exclusive, end inclusive) ranges, in order: what to re-read."""
-    raise NotImplementedError
+    """Runs of missing interval ends as (start exclusive, end inclusive) ranges, in order: what to re-read.
+
+    A run breaks where ``expected`` itself jumps (ends that are not one step apart)."""
+    step = _STEPS[resolution]
+    runs: list[tuple[datetime, datetime]] = []
+    first: datetime | None = None
+    last: datetime | None = None
+    for end in expected:
+        if end in present:
+            if first is not None and last is not None:
+                runs.append((first - step, last))
+            first = last = None
+        elif first is not None and last is not None and end == last + step:
+            last = end
+        else:
+            if first is not None and last is not None:
+                runs.append((first - step, last))
+            first = last = end
+    if first is not None and last is not None:
+        runs.append((first - step, last))
+    return runs
 
 
 __all__ = [
@@ -261,4 +332,5 @@ __all__ = [
     "interval_ends",
     "is_complete",
     "step_of",
+    "zone_of",
 ]
