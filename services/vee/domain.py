@@ -238,8 +238,60 @@ def check_reading(
     ``spike_factor`` x the ``spike_percentile`` of the same hour-of-week (with at least ``spike_min_samples``
     samples, and only above ``spike_min_kwh``). CONNECTION_PERIOD: before ``connected_since`` (local day) or
     while the point is not connected.
+
+    The connection state is the master data's current one, in effect since ``connected_since``: a connected
+    point takes intervals from that local day on; a disconnected or closed-down one takes the intervals before
+    it (the last readings of a move-out arrive late), a new one none.
     """
-    raise NotImplementedError
+    step = _STEPS[resolution]
+    failed: list[RuleCode] = []
+    if value < 0:
+        failed.append(RuleCode.SIGN)
+    if value - settings.max_kwh_per_hour[meterpoint.type] * (step / _HOUR) > _EPSILON:
+        failed.append(RuleCode.RANGE)
+    if resolution is not meterpoint.resolution:
+        failed.append(RuleCode.RESOLUTION)
+    # The grid is checked in UTC: the zones of the grid areas are whole hours off UTC, so a local quarter-hour
+    # is a UTC one.
+    stamp = interval_end.timestamp()
+    whole = int(stamp)
+    if stamp != whole or whole % int(step.total_seconds()):
+        failed.append(RuleCode.ALIGNMENT)
+    zone = zone_of(meterpoint.time_zone)
+    if not _in_connection_period(meterpoint, interval_end - step, zone):
+        failed.append(RuleCode.CONNECTION_PERIOD)
+    samples = profile.samples
+    if samples and value >= 0:
+        how = hour_of_week(interval_end, zone, resolution)
+        if value > settings.spike_min_kwh:
+            hour = samples.get(how)
+            if hour is not None and len(hour) >= settings.spike_min_samples:
+                high = profile.percentile(how, settings.spike_percentile)
+                if high is not None and value - settings.spike_factor * high > _EPSILON:
+                    failed.append(RuleCode.SPIKE)
+        if value == 0 and (zeros_before + 1) * (step / _HOUR) >= settings.zero_run_hours:
+            usual = profile.mean(how, max(settings.profile_min_samples, 1))
+            if usual is not None and usual > 0:
+                failed.append(RuleCode.ZERO_RUN)
+    if previous is not None and previous.value != value:
+        failed.append(RuleCode.CORRECTION)
+    return tuple(failed)
+
+
+_HOUR = timedelta(hours=1)
+_EPSILON = 1e-9
+"""kWh: a value "at" a threshold computed in binary floats (3 x 1.85 = 5.550000000000001) is at it, not above;
+values have at most 3 decimals, so this never hides a real excess."""
+
+
+def _in_connection_period(meterpoint: Meterpoint, interval_start: datetime, zone: ZoneInfo) -> bool:
+    state = meterpoint.connection_state
+    if state is ConnectionState.NEW:
+        return False
+    since = _midnight(meterpoint.connected_since, zone)
+    if state is ConnectionState.CONNECTED:
+        return interval_start >= since
+    return interval_start < since
 
 
 # --- the day ----------------------------------------------------------------------------------------------------
