@@ -107,6 +107,8 @@ class RuleSettings:
     short_gap_hours: float = 3.0
     profile_min_samples: int = 1
     profile_max_samples: int = 8
+    profile_level_hours: float = 24.0
+    """How far on each side of a long gap the measured intervals set the level its profile estimates scale to."""
 
 
 @dataclass(slots=True)
@@ -324,8 +326,208 @@ def assemble_day(
       REGISTER_SUM as well.
     - Quantities are rounded to 3 decimals. Interval version: 1 for a new position, the previous point's version
       when nothing of it changed, +1 when quantity, quality, status, method or rules changed.
+
+    A run of missing or rejected intervals is estimated as a whole, also where it crosses midnight, so the two
+    days it touches agree on its values (as far as ``measured`` reaches on each side).
     """
-    raise NotImplementedError
+    zone = zone_of(meterpoint.time_zone)
+    resolution = meterpoint.resolution
+    step = _STEPS[resolution]
+    ends = interval_ends(day, zone, resolution)
+    lower = min(measured) if measured else None
+    upper = max(measured) if measured else None
+    estimates: dict[datetime, _Estimate] = {}
+    position = 0
+    while position < len(ends):
+        if _clean(measured.get(ends[position])):
+            position += 1
+            continue
+        last = position
+        while last + 1 < len(ends) and not _clean(measured.get(ends[last + 1])):
+            last += 1
+        left = _neighbour(measured, ends[position] - step, -step, lower, upper)
+        right = _neighbour(measured, ends[last] + step, step, lower, upper)
+        if left is not None and right is not None:
+            run = [left.interval_end + step * k for k in range(1, (right.interval_end - left.interval_end) // step)]
+        else:
+            run = ends[position : last + 1]
+        estimates.update(_estimate_run(run, left, right, profile, zone, resolution, measured, settings))
+        position = last + 1
+
+    before = {point.position: point for point in previous or ()}
+    points: list[SeriesPoint] = []
+    for number, end in enumerate(ends, start=1):
+        current = measured.get(end)
+        if current is not None and not current.rejected:
+            fields = _Fields(
+                round(current.value, 3), QuantityQuality.AS_PROVIDED, IntervalStatus.MEASURED, None, current.rules, None
+            )
+        else:
+            fields = _estimated_fields(estimates[end], current, final)
+        points.append(_point(number, fields, before.get(number)))
+    return tuple(points)
+
+
+@dataclass(frozen=True, slots=True)
+class _Estimate:
+    value: float | None
+    """kWh, rounded to 3 decimals; None without any history (missing)."""
+    method: EstimationMethod | None
+    register_sum: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    quantity: float
+    quality: QuantityQuality
+    status: IntervalStatus
+    method: EstimationMethod | None
+    rules: tuple[RuleCode, ...]
+    measured: float | None
+
+
+def _clean(current: Measured | None) -> bool:
+    return current is not None and not current.rejected
+
+
+def _neighbour(
+    measured: Mapping[datetime, Measured],
+    start: datetime,
+    step: timedelta,
+    lower: datetime | None,
+    upper: datetime | None,
+) -> Measured | None:
+    """The first clean measured interval from ``start`` on in the direction of ``step``, within ``measured``."""
+    if lower is None or upper is None:
+        return None
+    at = start
+    while lower <= at <= upper:
+        current = measured.get(at)
+        if current is not None and not current.rejected:
+            return current
+        at += step
+    return None
+
+
+def _estimate_run(
+    run: Sequence[datetime],
+    left: Measured | None,
+    right: Measured | None,
+    profile: Profile,
+    zone: ZoneInfo,
+    resolution: Resolution,
+    measured: Mapping[datetime, Measured],
+    settings: RuleSettings,
+) -> dict[datetime, _Estimate]:
+    step = _STEPS[resolution]
+    count = len(run)
+    raw: list[float | None]
+    if left is not None and right is not None and step * count <= timedelta(hours=settings.short_gap_hours):
+        method = EstimationMethod.LINEAR
+        raw = [left.value + (right.value - left.value) * k / (count + 1) for k in range(1, count + 1)]
+    else:
+        method = EstimationMethod.PROFILE
+        scale = _level(left, right, profile, zone, resolution, measured, settings)
+        means = [profile.mean(hour_of_week(end, zone, resolution), settings.profile_min_samples) for end in run]
+        raw = [None if mean is None else mean * scale for mean in means]
+
+    if left is not None and right is not None and left.meter_index is not None and right.meter_index is not None:
+        total_wh = round(((right.meter_index - right.value) - left.meter_index) * 1000)
+        if total_wh >= 0:
+            weights = [value for value in raw if value is not None]
+            if len(weights) < count or sum(weights) <= 0:
+                # Without a shape for every interval, the index difference is spread evenly: a straight line of
+                # the meter index between its two readings.
+                method = EstimationMethod.LINEAR
+                weights = [1.0] * count
+            shares = _largest_remainder(total_wh, weights)
+            return {end: _Estimate(wh / 1000, method, register_sum=True) for end, wh in zip(run, shares, strict=True)}
+
+    return {
+        end: _Estimate(None, None) if value is None else _Estimate(round(value, 3), method)
+        for end, value in zip(run, raw, strict=True)
+    }
+
+
+def _level(
+    left: Measured | None,
+    right: Measured | None,
+    profile: Profile,
+    zone: ZoneInfo,
+    resolution: Resolution,
+    measured: Mapping[datetime, Measured],
+    settings: RuleSettings,
+) -> float:
+    """The measured intervals around a gap against their own profile means (1.0 without a comparison)."""
+    step = _STEPS[resolution]
+    reach = max(int(timedelta(hours=settings.profile_level_hours) // step), 0)
+    actual = 0.0
+    usual = 0.0
+    for neighbour, direction in ((left, -step), (right, step)):
+        if neighbour is None:
+            continue
+        for k in range(reach):
+            current = measured.get(neighbour.interval_end + direction * k)
+            if current is None or current.rejected:
+                continue
+            mean = profile.mean(hour_of_week(current.interval_end, zone, resolution), settings.profile_min_samples)
+            if mean is not None:
+                actual += current.value
+                usual += mean
+    return actual / usual if usual > 0 else 1.0
+
+
+def _largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+    """``total`` split in proportion to ``weights`` into whole numbers that sum to it exactly: each share rounded
+    down, and the rest handed out one by one to the largest remainders (the earlier interval on a tie)."""
+    whole = sum(weights)
+    exact = [total * weight / whole for weight in weights]
+    shares = [int(share) for share in exact]
+    rest = total - sum(shares)
+    order = sorted(range(len(exact)), key=lambda k: (-(exact[k] - shares[k]), k))
+    for k in order[: max(rest, 0)]:
+        shares[k] += 1
+    return shares
+
+
+def _estimated_fields(estimate: _Estimate, current: Measured | None, final: bool) -> _Fields:
+    rejected = current is not None and current.rejected
+    rules: tuple[RuleCode, ...] = current.rules if current is not None and rejected else (RuleCode.GAP,)
+    if estimate.register_sum:
+        rules = (*rules, RuleCode.REGISTER_SUM)
+    delivered = round(current.value, 3) if current is not None and rejected else None
+    if estimate.value is None:
+        status = IntervalStatus.REJECTED if rejected else IntervalStatus.MISSING
+        return _Fields(0.0, QuantityQuality.NOT_AVAILABLE, status, None, rules, delivered)
+    if rejected:
+        status = IntervalStatus.REJECTED
+    else:
+        status = IntervalStatus.FINAL_ESTIMATE if final else IntervalStatus.ESTIMATED
+    return _Fields(estimate.value, QuantityQuality.ESTIMATED, status, estimate.method, rules, delivered)
+
+
+def _point(position: int, fields: _Fields, before: SeriesPoint | None) -> SeriesPoint:
+    version = 1
+    if before is not None:
+        same = (
+            before.quantity == fields.quantity
+            and before.quality is fields.quality
+            and before.status is fields.status
+            and before.method is fields.method
+            and tuple(before.rules) == fields.rules
+            and before.measured == fields.measured
+        )
+        version = before.version if same else before.version + 1
+    return SeriesPoint(
+        position=position,
+        quantity=fields.quantity,
+        quality=fields.quality,
+        status=fields.status,
+        version=version,
+        method=fields.method,
+        rules=fields.rules,
+        measured=fields.measured,
+    )
 
 
 def is_complete(points: Sequence[SeriesPoint]) -> bool:
