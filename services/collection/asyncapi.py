@@ -31,8 +31,10 @@ Devices
 
 Payload: one JSON object, or a JSON array of objects, UTF-8. Every item is validated as over REST: GSRN check
 digit, `meterpoint_id` equal to the topic's (otherwise the whole message is refused), RFC 3339 timestamps
-with an offset, `interval_end` on a boundary of its resolution (in UTC) and not in the future, value 0 to
-999999999.999 with at most 3 decimals, unit fitting the register, value 0 when quality is `missing`.
+with an offset, `interval_end` on a boundary of its resolution (in UTC) and not in the future, value
+-999999999.999 to 999999999.999 with at most 3 decimals (signed: a negative value is kept and flagged by
+validation), an optional `meter_index` (the register's cumulative index at `interval_end`, 0 to 999999999.999,
+at most 3 decimals), unit fitting the register, value 0 when quality is `missing`.
 A refused message (or the refused items of a batch) is recorded with its reason in `meter.readings.v1.dlq` /
 `meter.events.v1.dlq`; valid items of the same message are published. Sending a message again is safe: ids
 are deterministic (meterpoint, register, interval end, source), so a resent reading is the same event.

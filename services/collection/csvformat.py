@@ -21,7 +21,7 @@ from libs.events.fields import RFC3339_PATTERN
 from services.collection.domain import ReadingInput, Rejection, RejectReason, malformed
 
 REQUIRED_COLUMNS = ("meterpoint_id", "register", "interval_end", "resolution", "value", "unit", "quality")
-OPTIONAL_COLUMNS = ("source",)
+OPTIONAL_COLUMNS = ("source", "meter_index")
 EXAMPLE_HEADER = ",".join((*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS))
 _KNOWN = frozenset((*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS))
 _BOM = b"\xef\xbb\xbf"
@@ -77,7 +77,9 @@ def parse_header(line: bytes) -> Columns:
             raise HeaderError(f"the first line looks like data, not a header; expected e.g. {EXAMPLE_HEADER}")
         # Names without digits are column names, not the sender's data: naming them finds the typo.
         shown = ", ".join(repr(name[:40]) for name in unknown[:5])
-        raise HeaderError(f"unknown column(s) {shown}; the columns are {EXAMPLE_HEADER} (source optional)")
+        raise HeaderError(
+            f"unknown column(s) {shown}; the columns are {EXAMPLE_HEADER} (source and meter_index optional)"
+        )
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise HeaderError(f"column(s) {', '.join(duplicated)} appear more than once")
@@ -106,8 +108,12 @@ def parse_line(content: bytes, columns: Columns) -> ReadingInput | Rejection:
         return Rejection(RejectReason.MALFORMED, "value: a decimal number with '.' (e.g. 0.25), no exponent")
     if not _TIMESTAMP.fullmatch(row["interval_end"]):
         return Rejection(RejectReason.MALFORMED, "interval_end: RFC 3339 with a UTC offset (e.g. 2025-03-01T00:15:00Z)")
-    if row.get("source") == "":
-        del row["source"]  # an empty cell means the default, as an absent column does
+    for optional in OPTIONAL_COLUMNS:
+        if row.get(optional) == "":
+            del row[optional]  # an empty cell means the default, as an absent column does
+    index = row.get("meter_index")
+    if index is not None and not _VALUE.fullmatch(index):
+        return Rejection(RejectReason.MALFORMED, "meter_index: a decimal number with '.' (e.g. 1234.5), no exponent")
     try:
         return ReadingInput.model_validate(row, strict=False)
     except ValidationError as error:

@@ -11,7 +11,8 @@ An entry point turns its wire format into `ReadingInput` / `AlarmInput` items: J
 
 Types are checked by pydantic (a wrong type is ``malformed``); meaning is checked here in Python, so that each
 rule has its own reason: GSRN check digit, timezone, alignment to the resolution, not in the future beyond a
-tolerance, value range and decimals, unit against register, quality ``missing`` means 0, duplicates.
+tolerance, value range (signed) and decimals, the meter index's range and decimals, unit against register,
+quality ``missing`` means 0, duplicates.
 """
 
 from __future__ import annotations
@@ -98,9 +99,23 @@ _VALUE = Annotated[
     WithJsonSchema(
         {
             "type": "number",
+            "minimum": -MAX_READING_VALUE,
+            "maximum": MAX_READING_VALUE,
+            "description": "Energy in the interval, at most 3 decimals; 0 when quality is 'missing'. Signed: a "
+            "negative value (a head-end system's difference of two indexes after a meter exchange) is kept and "
+            "flagged by validation, not refused here.",
+        }
+    ),
+]
+_INDEX = Annotated[
+    float,
+    WithJsonSchema(
+        {
+            "type": "number",
             "minimum": 0,
             "maximum": MAX_READING_VALUE,
-            "description": "Energy in the interval, at most 3 decimals; 0 when quality is 'missing'.",
+            "description": "The register's cumulative index at interval_end, in the reading's unit, at most 3 "
+            "decimals; optional.",
         }
     ),
 ]
@@ -128,6 +143,7 @@ with warnings.catch_warnings():
             description="The system that produced the value: 'meter' (default) or a head-end / MDM system id. "
             "Part of the reading id: the same reading sent again, over any path, keeps its id.",
         )
+        meter_index: _INDEX | None = None
 
 
 class AlarmInput(BaseModel):
@@ -162,6 +178,7 @@ class Reading(NamedTuple):
     quality: Quality
     source: str
     reading_id: str
+    meter_index: float | None = None
 
     @property
     def event_id(self) -> str:
@@ -404,11 +421,19 @@ def _check_reading(item: ReadingInput, latest: datetime, tolerance: timedelta) -
             RejectReason.MISALIGNED_INTERVAL, f"interval_end: not on a {resolution} boundary (checked in UTC)"
         )
     value = item.value
-    if not 0 <= value <= MAX_READING_VALUE:  # also refuses NaN
-        return Rejection(RejectReason.VALUE_OUT_OF_RANGE, f"value: must be between 0 and {MAX_READING_VALUE}")
+    if not -MAX_READING_VALUE <= value <= MAX_READING_VALUE:  # also refuses NaN
+        return Rejection(
+            RejectReason.VALUE_OUT_OF_RANGE, f"value: must be between -{MAX_READING_VALUE} and {MAX_READING_VALUE}"
+        )
     # round() is correctly rounded: this holds exactly for the double nearest a 3-decimal value.
     if round(value, 3) != value:
         return Rejection(RejectReason.TOO_MANY_DECIMALS, "value: at most 3 decimals")
+    meter_index = item.meter_index
+    if meter_index is not None:
+        if not 0 <= meter_index <= MAX_READING_VALUE:
+            return Rejection(RejectReason.VALUE_OUT_OF_RANGE, f"meter_index: must be between 0 and {MAX_READING_VALUE}")
+        if round(meter_index, 3) != meter_index:
+            return Rejection(RejectReason.TOO_MANY_DECIMALS, "meter_index: at most 3 decimals")
     register, unit, quality = item.register, item.unit, item.quality
     if unit not in _UNITS_OF[register]:
         return Rejection(RejectReason.UNIT_MISMATCH, f"unit: {unit} does not fit register {register}")
@@ -418,7 +443,7 @@ def _check_reading(item: ReadingInput, latest: datetime, tolerance: timedelta) -
     # The natural key of libs.events.ids.reading_id; aligned, so whole seconds: timestamp() is exact here.
     micros = int(end.timestamp()) * 1_000_000
     reading_id = _digest_uuid(f"reading|{meterpoint_id}|{register.value}|{micros}|{source}")
-    return Reading(meterpoint_id, register, end, resolution, value, unit, quality, source, reading_id)
+    return Reading(meterpoint_id, register, end, resolution, value, unit, quality, source, reading_id, meter_index)
 
 
 def _check_alarm(item: AlarmInput, latest: datetime, tolerance: timedelta) -> Alarm | Rejection:

@@ -110,6 +110,7 @@ def reading_record(reading: Reading, *, time: datetime, event_source: str) -> Ka
                 "quality": reading.quality,
                 "source": reading.source,
                 "reading_id": reading.reading_id,
+                "meter_index": reading.meter_index,
             },
         },
         option=orjson.OPT_UTC_Z,

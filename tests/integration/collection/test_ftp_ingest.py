@@ -61,7 +61,7 @@ async def test_mixed_lines_give_a_receipt_and_exactly_the_good_readings_on_kafka
         csv_line(first, 3, value=1.0) + ",",  # 7 same reading id as line 6, other value
         csv_line(with_bad_check_digit(second), 1) + ",",  # 8 invalid meterpoint
         csv_line(second, 2, interval_end="2025-03-01T00:20:00Z") + ",",  # 9 misaligned
-        csv_line(second, 3, value=-1) + ",",  # 10 out of range
+        csv_line(second, 3, value=-1_000_000_000) + ",",  # 10 out of range
         csv_line(second, 4, interval_end="1740787200") + ",",  # 11 not RFC 3339
         f"{second},active_import,2025-03-01T01:15:00Z,PT15M",  # 12 too few fields
         csv_line(second, 6, unit="kvarh") + ",",  # 13 unit mismatch
@@ -290,3 +290,29 @@ async def test_uploads_beyond_the_concurrency_limit_are_refused_at_once(ftp_serv
 
 
 __all__ = ["FtpService"]
+
+
+async def test_a_negative_value_and_a_meter_index_column_reach_kafka_unchanged(
+    ftp_service: FtpFactory, topic_reader: Any
+) -> None:
+    readings = await topic_reader("meter.readings.v1")
+    meterpoint = new_meterpoint()
+    lines = [
+        CSV_HEADER + ",meter_index",
+        csv_line(meterpoint, 1, value=-0.75) + ",4200.125",
+        csv_line(meterpoint, 2) + ",",  # no index for this one
+        csv_line(meterpoint, 3, value=-1_000_000_000) + ",4201",  # beyond the bound
+    ]
+    async with ftp_service() as service:
+        login, password = await service.add_partner()
+        await service.register(login, meterpoint)
+        client = await ftp_login(service.port, login, password)
+        await ftp_upload(client, "/inbox/signed.csv", ("\n".join(lines) + "\n").encode())
+        receipt = orjson.loads(await wait_for_file(service.outbox(login) / "signed.csv.receipt.json"))
+        await client.quit()
+    assert (receipt["accepted"], receipt["rejected"]) == (2, 1)
+    assert [line["reason"] for line in receipt["lines"] if line["status"] == "rejected"] == ["value_out_of_range"]
+    records = await readings.read_to_end(lambda record: record.key == meterpoint.encode())
+    data = {orjson.loads(r.value)["data"]["interval_end"]: orjson.loads(r.value)["data"] for r in records}
+    assert (data["2025-03-01T00:15:00Z"]["value"], data["2025-03-01T00:15:00Z"]["meter_index"]) == (-0.75, 4200.125)
+    assert data["2025-03-01T00:30:00Z"]["meter_index"] is None

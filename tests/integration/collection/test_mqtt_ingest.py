@@ -152,7 +152,7 @@ async def test_invalid_messages_are_acknowledged_and_recorded_in_the_dlq_with_th
     mp = device.meterpoint_id.encode()
     garbage = f"not json {uuid.uuid4()}".encode()
     foreign = orjson.dumps(reading(other.meterpoint_id, 1))  # a payload about another meterpoint
-    mixed = orjson.dumps([reading(device.meterpoint_id, 1), reading(device.meterpoint_id, 2, value=-3)])
+    mixed = orjson.dumps([reading(device.meterpoint_id, 1), reading(device.meterpoint_id, 2, value=-1_000_000_000)])
     async with ingress() as (_, registry):
         for payload in (garbage, foreign, mixed):
             assert await publish(device, payload) == 0
@@ -188,3 +188,17 @@ async def test_no_puback_before_kafka_acked_so_the_broker_redelivers_to_the_next
     async with ingress() as _:  # the same client id, now with a working Kafka
         records = await readings_topic.read_until(lambda r: r.key == mp, lambda found: len(found) >= 1)
     assert ids_of(records) == {orjson.loads(offered.value)["id"]}
+
+
+async def test_a_negative_value_and_a_meter_index_reach_kafka_unchanged(
+    ingress: Runner, devices: Callable[[], Device], topic_reader: Callable[[str], Awaitable[Any]]
+) -> None:
+    readings_topic = await topic_reader("meter.readings.v1")
+    device = devices()
+    mp = device.meterpoint_id.encode()
+    async with ingress():
+        payload = orjson.dumps(reading(device.meterpoint_id, 1, value=-2.5, meter_index=987_654.321))
+        assert await publish(device, payload) == 0
+        records = await readings_topic.read_until(lambda r: r.key == mp, lambda found: len(found) >= 1)
+    data = orjson.loads(records[0].value)["data"]
+    assert (data["value"], data["meter_index"]) == (-2.5, 987_654.321)

@@ -130,6 +130,7 @@ async def test_mixed_batch_is_answered_after_kafka_has_exactly_the_accepted_read
             **batch[accepted[event["id"]]],
             "source": "meter",
             "reading_id": None,
+            "meter_index": None,
         }
 
     letters = await dlq.read_to_end(
@@ -219,3 +220,25 @@ async def test_a_topic_prefix_moves_readings_and_dead_letters_to_topics_of_their
     finally:
         await admin.delete_topics(names)
         await admin.close()
+
+
+async def test_a_negative_value_and_a_meter_index_reach_kafka_unchanged(service: Service, topic_reader: Any) -> None:
+    readings_topic = await topic_reader("meter.readings.v1")
+    meterpoint = new_meterpoint()
+    await service.register(meterpoint)
+    batch = [
+        reading(meterpoint, 1, value=-0.125, meter_index=10_500.25),  # a head-end's difference after an exchange
+        reading(meterpoint, 2, value=-999_999_999.999),  # the bound itself
+        reading(meterpoint, 3, value=-1_000_000_000),  # beyond it
+    ]
+    response = await service.client.post("/v1/readings", json=batch, headers={"X-API-Key": service.writer})
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "accepted", "rejected"]
+    assert results[2]["reason"] == "value_out_of_range"
+    records = await readings_topic.read_to_end(lambda record: record.key == meterpoint.encode())
+    data = {orjson.loads(r.value)["data"]["interval_end"]: orjson.loads(r.value)["data"] for r in records}
+    assert len(records) == 2
+    first, second = data["2025-03-01T00:15:00Z"], data["2025-03-01T00:30:00Z"]
+    assert (first["value"], first["meter_index"]) == (-0.125, 10_500.25)
+    assert (second["value"], second["meter_index"]) == (-999_999_999.999, None)

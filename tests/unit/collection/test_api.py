@@ -242,7 +242,7 @@ async def test_quota_is_per_client_system(service: Service) -> None:
 
 
 async def test_probes_and_metrics(service: Service) -> None:
-    await service.client.post("/v1/readings", json=[reading(), reading(value=-1)], headers=service.auth())
+    await service.client.post("/v1/readings", json=[reading(), reading(value=-1_000_000_000)], headers=service.auth())
     assert (await service.client.get("/healthz")).status_code == 200
     assert (await service.client.get("/readyz")).status_code == 200
     metrics = (await service.client.get("/metrics")).text

@@ -91,8 +91,8 @@ def test_a_bad_line_is_one_rejection_with_its_reason(content: bytes, reason: Rej
 
 
 def test_values_the_validator_refuses_reach_the_validator() -> None:
-    # A negative value is spelled right; whether it is allowed is the domain's rule (value_out_of_range).
-    assert isinstance(parse_line(line(value="-1"), COLUMNS), ReadingInput)
+    # A value beyond the range is spelled right; whether it is allowed is the domain's rule (value_out_of_range).
+    assert isinstance(parse_line(line(value="-1000000000"), COLUMNS), ReadingInput)
 
 
 def test_the_meterpoint_cell_keys_a_dead_letter() -> None:
@@ -116,3 +116,20 @@ def test_lines_are_read_in_bounded_chunks_with_their_numbers() -> None:
     ]
     assert len(lines[0].content) == 128
     assert read_lines(file, following, 10, max_line_bytes=128) == ([], following)
+
+
+def test_an_optional_meter_index_column_becomes_the_readings_index() -> None:
+    columns = parse_header(HEADER + b",meter_index")
+    item = parse_line(
+        f"{METERPOINT},active_import,2025-03-01T10:15:00Z,PT15M,-0.5,kWh,measured,1234.5".encode(), columns
+    )
+    assert isinstance(item, ReadingInput)
+    assert (item.value, item.meter_index) == (-0.5, 1234.5)
+    empty = parse_line(f"{METERPOINT},active_import,2025-03-01T10:15:00Z,PT15M,0.5,kWh,measured,".encode(), columns)
+    assert isinstance(empty, ReadingInput)
+    assert empty.meter_index is None
+    spelled = parse_line(
+        f"{METERPOINT},active_import,2025-03-01T10:15:00Z,PT15M,0.5,kWh,measured,1e3".encode(), columns
+    )
+    assert isinstance(spelled, Rejection)
+    assert spelled.reason is RejectReason.MALFORMED

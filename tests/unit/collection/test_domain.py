@@ -185,7 +185,9 @@ def test_unit_matches_register(register: str, unit: str, fits: bool) -> None:
         (0, None),
         (999_999_999.999, None),
         (12.5, None),
-        (-0.001, RejectReason.VALUE_OUT_OF_RANGE),
+        (-0.001, None),  # signed: kept at the edge, flagged by validation (rule sign)
+        (-999_999_999.999, None),
+        (-1_000_000_000, RejectReason.VALUE_OUT_OF_RANGE),
         (1_000_000_000, RejectReason.VALUE_OUT_OF_RANGE),
         (0.4125, RejectReason.TOO_MANY_DECIMALS),
     ],
@@ -339,3 +341,34 @@ def test_alarms_are_checked_and_deduplicated() -> None:
         meterpoint_id=METERPOINT, alarm=MeterAlarm.POWER_FAILURE, raised_at=raised_at, source=DEFAULT_SOURCE
     )
     assert AlarmInput.model_validate_json(orjson.dumps(alarm())).source == DEFAULT_SOURCE
+
+
+def test_a_negative_value_and_a_meter_index_are_carried_into_the_event() -> None:
+    outcome = outcome_of(reading(value=-0.25, meter_index=123_456.789))
+    assert isinstance(outcome, Accepted)
+    event = outcome.event.to_event_data()
+    assert (event.value, event.meter_index) == (-0.25, 123_456.789)
+    without = outcome_of(reading())
+    assert isinstance(without, Accepted)
+    assert without.event.to_event_data().meter_index is None
+
+
+@pytest.mark.parametrize(
+    ("meter_index", "reason"),
+    [
+        (0, None),
+        (999_999_999.999, None),
+        (-0.001, RejectReason.VALUE_OUT_OF_RANGE),
+        (1_000_000_000, RejectReason.VALUE_OUT_OF_RANGE),
+        (1.0005, RejectReason.TOO_MANY_DECIMALS),
+        ("12.5", RejectReason.MALFORMED),  # a string is not a number on the wire
+    ],
+)
+def test_meter_index_range_and_decimals(meter_index: Any, reason: RejectReason | None) -> None:
+    outcome = outcome_of(reading(meter_index=meter_index))
+    if reason is None:
+        assert isinstance(outcome, Accepted)
+    else:
+        assert isinstance(outcome, Rejected)
+        assert outcome.reason is reason
+        assert "meter_index" in outcome.detail

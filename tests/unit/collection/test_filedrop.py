@@ -37,7 +37,7 @@ HEADER = "meterpoint_id,register,interval_end,resolution,value,unit,quality"
 def csv(quarters: range, *, bad: set[int] = frozenset()) -> bytes:  # type: ignore[assignment]
     rows = [HEADER]
     for quarter in quarters:
-        value = "-1" if quarter in bad else f"{quarter * 0.25:.2f}"
+        value = "-1000000000" if quarter in bad else f"{quarter * 0.25:.2f}"
         end = f"2025-03-01T{quarter // 4:02d}:{quarter % 4 * 15:02d}:00Z"
         rows.append(f"{METERPOINT},active_import,{end},PT15M,{value},kWh,measured")
     return ("\n".join(rows) + "\n").encode()

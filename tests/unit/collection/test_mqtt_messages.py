@@ -108,7 +108,7 @@ def test_a_refused_message_goes_whole_to_the_dlq_with_its_reason(payload: bytes,
 
 
 def test_partly_invalid_batch_publishes_the_good_and_records_the_bad() -> None:
-    payload = orjson.dumps([reading(), reading(interval_end="2025-03-01T10:20:00Z"), reading(value=-1)])
+    payload = orjson.dumps([reading(), reading(interval_end="2025-03-01T10:20:00Z"), reading(value=-1_000_000_000)])
     prepared = prepare(payload)
     assert [r.topic for r in prepared.records] == ["meter.readings.v1", "meter.readings.v1.dlq"]
     headers = dict(letter_of(prepared).headers)
