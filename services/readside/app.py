@@ -115,6 +115,7 @@ async def start(parts: Parts, *, on_fatal: OnFatal | None = None) -> None:
         customers_topic=settings.customers_topic,
         workorders_topic=settings.workorders_topic,
         meterpoints_topic=settings.meterpoints_topic,
+        series_topic=settings.series_topic,
         live_lag=parts.lag,
         active_alarm_days=settings.active_alarm_days,
         customer_consumption_days=settings.customer_consumption_days,

@@ -157,7 +157,7 @@ class BatchApplier:
 
 
 def roles_of(
-    readings: str, meter_events: str, customers: str, workorders: str, meterpoints: str
+    readings: str, meter_events: str, customers: str, workorders: str, meterpoints: str, series: str
 ) -> dict[str, TopicRole]:
     """Map the configured topic names to what they carry."""
     roles = {
@@ -166,7 +166,8 @@ def roles_of(
         customers: TopicRole.CUSTOMERS,
         workorders: TopicRole.WORKORDERS,
         meterpoints: TopicRole.METERPOINTS,
+        series: TopicRole.SERIES,
     }
     if len(roles) != len(TopicRole):
-        raise ValueError("the five event topics must have five different names")
+        raise ValueError("the six event topics must have six different names")
     return roles

@@ -105,12 +105,31 @@ class MeterpointOverview(_Body):
     freshness: Freshness
 
 
+class BucketValidation(_Body):
+    """What the validated series (meter.series.v1, newest version of each day) say about a bucket's intervals."""
+
+    quality: str = Field(
+        description="ENTSO-E quality of the bucket: its intervals' one code, A05 when some are missing (A02), else "
+        "A03 when some are estimated, else A06."
+    )
+    status: str = Field(description="Elhub status: the least settled of its intervals' statuses.")
+    version: int = Field(description="The newest day version among its intervals' days.")
+    quantity: Decimal = Field(description="Sum of the validated quantities in kWh (estimates included).")
+    intervals: int = Field(description="Validated intervals in the bucket.")
+    measured: int = Field(description="Of those, measured (A04).")
+    estimated: int = Field(description="Of those, estimated (A03).")
+    missing: int = Field(description="Of those, missing (A02).")
+
+
 class ConsumptionPoint(_Body):
     """Energy of one bucket: ``start`` is an instant (hour) or a local date (day)."""
 
     start: datetime | date
     energy: Decimal = Field(description="Energy in the series' unit (decimal string, exact).")
     readings: int = Field(description="Number of interval readings in the bucket.")
+    validated: BucketValidation | None = Field(
+        default=None, description="The validated quality of the bucket; None where no validated series covers it."
+    )
 
 
 # "register" shadows BaseModel.register (ABCMeta); an explicit annotation keeps it a required field.
@@ -183,4 +202,101 @@ class WorkOrderPage(_Body):
 
     items: list[WorkOrder]
     next_cursor: str | None
+    freshness: Freshness
+
+
+class SeriesInterval(_Body):
+    """One interval of a validated day."""
+
+    position: int = Field(description="1 is the interval that starts at the day's local midnight.")
+    interval_start: datetime
+    interval_end: datetime
+    quantity: Decimal = Field(description="kWh (decimal string, exact); 0 when missing (A02).")
+    quality: str = Field(description="ENTSO-E quantity quality: A04 measured, A03 estimated, A02 missing, A05, A06.")
+    status: str = Field(description="Elhub status: measured, estimated, final_estimate, missing, rejected, temporary.")
+    method: str | None = Field(description="How it was estimated (linear, profile); estimates only.")
+    rules: list[str] = Field(description="Rules that flagged the interval, and the trigger of an estimate.")
+    version: int = Field(description="The interval's own version: 1, and +1 per change of it.")
+    measured: Decimal | None = Field(
+        description="The delivered value of a rejected interval (kept, not in the series)."
+    )
+
+
+class SeriesVersion(_Body):
+    """One published version of a day."""
+
+    version: int
+    reason: str = Field(description="complete, deadline or correction.")
+    final: bool = Field(description="True once the billing deadline passed.")
+    published_at: datetime = Field(description="When the validation stage published it (its event time).")
+    series_id: str
+    intervals: int
+    measured: int = Field(description="Intervals measured (A04).")
+    estimated: int = Field(description="Intervals estimated (A03).")
+    missing: int = Field(description="Intervals missing (A02).")
+    current: bool = Field(description="True for the newest version (the one answered by default).")
+
+
+# "register" shadows BaseModel.register (ABCMeta); an explicit annotation keeps it a required field.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class ValidatedSeries(_Body):
+        """One version of a meterpoint's validated local day, every interval with its quantity and quality."""
+
+        meterpoint_id: str
+        register: str = Field(description="The meter register (active_import, active_export, ...).")
+        day: date = Field(description="The local day of the meterpoint's grid area.")
+        grid_area: str
+        meterpoint_type: str
+        resolution: str
+        time_zone: str
+        start: datetime = Field(description="The day's local midnight.")
+        end: datetime = Field(description="The next day's local midnight (23, 24 or 25 hours later).")
+        version: int = Field(description="The day's version answered.")
+        current_version: int = Field(description="The day's newest version.")
+        reason: str = Field(description="Why this version was published: complete, deadline or correction.")
+        final: bool
+        published_at: datetime
+        intervals: int
+        measured: int
+        estimated: int
+        missing: int
+        points: list[SeriesInterval]
+        freshness: Freshness
+
+    class SeriesVersions(_Body):
+        """Every published version of a meterpoint's validated day, oldest first."""
+
+        meterpoint_id: str
+        register: str = Field(description="The meter register (active_import, active_export, ...).")
+        day: date
+        current_version: int
+        versions: list[SeriesVersion]
+        freshness: Freshness
+
+
+class GridAreaCompleteness(_Body):
+    """The intervals of one grid area's day over the newest version of each meterpoint's validated day."""
+
+    grid_area: str
+    day: date
+    meterpoints: int = Field(description="Meterpoints with a validated series of the day.")
+    series: int = Field(description="Validated series (meterpoint and register) of the day.")
+    intervals: int
+    measured: int = Field(description="Intervals measured (A04).")
+    estimated: int = Field(description="Intervals estimated (A03).")
+    missing: int = Field(description="Intervals missing (A02).")
+    other: int = Field(description="Intervals of another quality (A05 incomplete, A06 calculated).")
+    measured_share: Decimal = Field(description="measured / intervals, 6 decimals (decimal string).")
+    estimated_share: Decimal = Field(description="estimated / intervals, 6 decimals.")
+    missing_share: Decimal = Field(description="missing / intervals, 6 decimals.")
+
+
+class Completeness(_Body):
+    """Completeness of the validated series per grid area for one day (the caller's meterpoints only)."""
+
+    day: date
+    grid_area: str | None = Field(description="The grid area asked for; None: every grid area with series that day.")
+    areas: list[GridAreaCompleteness]
     freshness: Freshness

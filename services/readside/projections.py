@@ -12,12 +12,14 @@ The rules that make the views exact whatever Kafka redelivers:
   seen = greatest event time, customers by version, meterpoint master data by version (the newest wins: it names
   the grid company, the tenant, that owns the meterpoint), meterpoint links by their dates, alarms by id. Work
   orders are folded per work order in Kafka order (one partition per work order) with a status that never moves back.
+  Validated daily series keep every version; the greatest version of a day is its current one
+  (``services.readside.series``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -42,6 +44,8 @@ from libs.events import (
     topics,
 )
 from libs.events.meterpoints import MeterpointRegistered, MeterpointUpdated
+from libs.events.series import MeterSeriesValidated
+from services.readside.series import SeriesChanges, project_series
 
 
 class TopicRole(StrEnum):
@@ -52,6 +56,7 @@ class TopicRole(StrEnum):
     CUSTOMERS = topics.CUSTOMERS
     WORKORDERS = topics.WORKORDERS
     METERPOINTS = topics.METERPOINTS
+    SERIES = topics.SERIES
 
     @property
     def event_classes(self) -> tuple[type[EventData], ...]:
@@ -217,6 +222,8 @@ class ViewChanges:
     unlinks: list[UnlinkRow]
     work_orders: list[tuple[WorkOrderEvent, datetime]]
     """Work order events with their event time, in Kafka order (`fold_work_orders` applies them to the stored state)."""
+    series: SeriesChanges = field(default_factory=SeriesChanges)
+    """Validated daily series: every version kept, the newest one current (`services.readside.series`)."""
 
 
 def month_of(moment: datetime) -> date:
@@ -236,6 +243,7 @@ def project(events: Iterable[CloudEvent[Any]]) -> ViewChanges:
     unlinks: dict[UnlinkRow, None] = {}
     work_orders: list[tuple[WorkOrderEvent, datetime]] = []
     reading_times: dict[tuple[str, str], datetime] = {}
+    series: list[tuple[MeterSeriesValidated, datetime]] = []
 
     for event in events:
         data = event.data
@@ -296,6 +304,9 @@ def project(events: Iterable[CloudEvent[Any]]) -> ViewChanges:
         elif isinstance(data, WorkOrderEvent):
             work_orders.append((data, event.time))
             _see(last_seen, data.meterpoint_id, None)
+        elif isinstance(data, MeterSeriesValidated):
+            series.append((data, event.time))
+            _see(last_seen, data.meterpoint_id, None)
 
     rows = sorted(readings.values())
     return ViewChanges(
@@ -310,6 +321,7 @@ def project(events: Iterable[CloudEvent[Any]]) -> ViewChanges:
         links=sorted(links),
         unlinks=sorted(unlinks),
         work_orders=work_orders,
+        series=project_series(series),
     )
 
 

@@ -113,6 +113,10 @@ class ReadsideSettings(ServiceSettings):
         default=topics.METERPOINTS,
         description="Meterpoint master data (compacted): which grid company (tenant) owns each meterpoint.",
     )
+    series_topic: str = Field(
+        default=topics.SERIES,
+        description="Validated daily series of the validation stage (every version of every day).",
+    )
 
     consumer_enabled: bool = True
     group_id: str = "readside"
@@ -173,14 +177,16 @@ class ReadsideSettings(ServiceSettings):
         return cls.model_construct()
 
     @property
-    def event_topics(self) -> tuple[str, str, str, str, str]:
-        """The topics the views are built from: readings, meter events, customers, work orders, meterpoints."""
+    def event_topics(self) -> tuple[str, str, str, str, str, str]:
+        """The topics the views are built from: readings, meter events, customers, work orders, meterpoints,
+        validated series."""
         return (
             self.readings_topic,
             self.meter_events_topic,
             self.customers_topic,
             self.workorders_topic,
             self.meterpoints_topic,
+            self.series_topic,
         )
 
     def views_schema(self, version: int) -> str:

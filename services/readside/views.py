@@ -10,6 +10,7 @@ and in the same time as an id that does not exist (the platform role sees everyt
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -18,27 +19,36 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from libs.events.series import QuantityQuality
 from libs.platform.db import Connection
 from libs.platform.tenancy import Principal
 from services.readside.adapters.schema import read_offsets, search_path
 from services.readside.metrics import LagTracker
 from services.readside.models import (
     ActiveAlarm,
+    BucketValidation,
+    Completeness,
     Consumption,
     ConsumptionPoint,
     CurrentCustomer,
     CustomerMeterpoint,
     CustomerOverview,
     Freshness,
+    GridAreaCompleteness,
     LatestReading,
     MeterpointOverview,
     OpenWorkOrder,
     PartitionFreshness,
     Resolution,
+    SeriesInterval,
+    SeriesVersion,
+    SeriesVersions,
+    ValidatedSeries,
     WorkOrder,
     WorkOrderPage,
 )
 from services.readside.projections import AGGREGATE_UNITS, OPEN_STATUSES
+from services.readside.series import aggregate_quality, aggregate_status
 
 T = TypeVar("T")
 
@@ -98,6 +108,56 @@ WHERE meterpoint_id = $1 AND register = $2 AND hour >= $3 AND hour < $4 ORDER BY
 DAILY = """
 SELECT day AS start, energy, readings FROM consumption_daily
 WHERE meterpoint_id = $1 AND register = $2 AND day >= $3 AND day < $4 ORDER BY day
+"""
+# Validated series (meter.series.v1): the newest version of a day is the one series_current names.
+SERIES_CURRENT = """
+SELECT register, version FROM series_current
+WHERE meterpoint_id = $1 AND day = $2 AND ($3::text IS NULL OR register = $3)
+ORDER BY register <> 'active_import', register LIMIT 1
+"""
+SERIES_DAY = """
+SELECT register, day, version, series_id::text, grid_area, meterpoint_type, resolution, time_zone,
+       day_start AS start, day_end AS "end", reason, final, published_at, intervals, measured, estimated, missing
+FROM series_days WHERE meterpoint_id = $1 AND register = $2 AND day = $3 AND version = $4
+"""
+# Bounded by the day's instants so the lookup is a range of the primary key.
+SERIES_POINTS = """
+SELECT position, interval_start, interval_end, quantity, quality, status, method, rules, point_version AS version,
+       measured
+FROM series_points
+WHERE meterpoint_id = $1 AND register = $2 AND interval_end > $3 AND interval_end <= $4 AND version = $5
+ORDER BY interval_end
+"""
+SERIES_VERSIONS = """
+SELECT version, reason, final, published_at, series_id::text, intervals, measured, estimated, missing,
+       version = $4 AS current
+FROM series_days WHERE meterpoint_id = $1 AND register = $2 AND day = $3 ORDER BY version
+"""
+# The intervals of the newest version of each day whose start lies in [$3, $4), by bucket, quality and status.
+# interval_end bounds the primary key range (an interval is at most an hour long).
+_BUCKET_VALIDATION = """
+SELECT {bucket} AS start, p.quality, p.status, count(*)::integer AS intervals, sum(p.quantity) AS quantity,
+       max(p.version) AS version
+FROM series_points p JOIN series_current c
+  ON c.meterpoint_id = p.meterpoint_id AND c.register = p.register AND c.day = p.day AND c.version = p.version
+WHERE p.meterpoint_id = $1 AND p.register = $2
+  AND p.interval_end > $3::timestamptz AND p.interval_end <= $4::timestamptz + interval '1 hour'
+  AND p.interval_start >= $3::timestamptz AND p.interval_start < $4::timestamptz
+GROUP BY 1, 2, 3
+"""
+HOURLY_VALIDATION = _BUCKET_VALIDATION.format(bucket="date_trunc('hour', p.interval_start, 'UTC')")
+DAILY_VALIDATION = _BUCKET_VALIDATION.format(bucket="(p.interval_start AT TIME ZONE $5::text)::date")
+# $3: the caller's tenant (NULL: the platform, every meterpoint); a tenant counts the meterpoints it owns.
+COMPLETENESS = """
+SELECT c.grid_area, count(DISTINCT c.meterpoint_id)::integer AS meterpoints, count(*)::integer AS series,
+       sum(d.intervals)::integer AS intervals, sum(d.measured)::integer AS measured,
+       sum(d.estimated)::integer AS estimated, sum(d.missing)::integer AS missing
+FROM series_current c
+JOIN series_days d
+  ON d.meterpoint_id = c.meterpoint_id AND d.register = c.register AND d.day = c.day AND d.version = c.version
+LEFT JOIN meterpoints m ON m.meterpoint_id = c.meterpoint_id
+WHERE c.day = $1 AND ($2::text IS NULL OR c.grid_area = $2) AND ($3::text IS NULL OR m.grid_company = $3)
+GROUP BY c.grid_area ORDER BY c.grid_area
 """
 CUSTOMER = """
 SELECT customer_id, kind, name, version, grid_company FROM customers
@@ -160,6 +220,7 @@ class ViewQueries:
         customers_topic: str,
         workorders_topic: str,
         meterpoints_topic: str,
+        series_topic: str,
         live_lag: LagTracker | None = None,
         active_alarm_days: int = 30,
         customer_consumption_days: int = 30,
@@ -167,10 +228,18 @@ class ViewQueries:
     ) -> None:
         self._pool = pool
         self._control = control_schema
-        self._all_topics = (readings_topic, meter_events_topic, customers_topic, workorders_topic, meterpoints_topic)
+        self._all_topics = (
+            readings_topic,
+            meter_events_topic,
+            customers_topic,
+            workorders_topic,
+            meterpoints_topic,
+            series_topic,
+        )
         self._customer_topics = (readings_topic, customers_topic)
         # Ownership comes from the meterpoints topic: a 404 or a short list may mean it has not caught up yet.
-        self._consumption_topics = (readings_topic, meterpoints_topic)
+        self._consumption_topics = (readings_topic, meterpoints_topic, series_topic)
+        self._series_topics = (series_topic, meterpoints_topic)
         self._workorder_topics = (workorders_topic, meterpoints_topic)
         self._live_lag = live_lag
         self._active_alarm_days = active_alarm_days
@@ -237,13 +306,15 @@ class ViewQueries:
         )
 
     async def freshness(self, answer: str) -> Freshness:
-        """The freshness of the topics an answer ("meterpoint", "consumption", "customer") is built from.
+        """The freshness of the topics an answer ("meterpoint", "consumption", "series", "customer") is built from.
 
         Also for a 404, whose cause may be a view that has not caught up yet.
         """
-        topics = {"meterpoint": self._all_topics, "consumption": self._consumption_topics}.get(
-            answer, self._customer_topics
-        )
+        topics = {
+            "meterpoint": self._all_topics,
+            "consumption": self._consumption_topics,
+            "series": self._series_topics,
+        }.get(answer, self._customer_topics)
 
         async def query(conn: Connection, version: int, timezone: ZoneInfo) -> Freshness:
             return await self._freshness(conn, version, topics)
@@ -301,7 +372,20 @@ class ViewQueries:
             if not await conn.fetchval(VISIBLE_METERPOINT, meterpoint_id, tenant_of(caller)):
                 return None
             rows = await conn.fetch(statement, meterpoint_id, register, start, end)
-            points = [ConsumptionPoint(start=r["start"], energy=r["energy"], readings=r["readings"]) for r in rows]
+            validation = await self._bucket_validation(conn, meterpoint_id, register, resolution, start, end, timezone)
+            buckets = {
+                r["start"]: ConsumptionPoint(
+                    start=r["start"],
+                    energy=r["energy"],
+                    readings=r["readings"],
+                    validated=validation.pop(r["start"], None),
+                )
+                for r in rows
+            }
+            # A bucket without readings but with validated intervals (estimates, missing flags) is shown too.
+            for bucket, validated in validation.items():
+                buckets[bucket] = ConsumptionPoint(start=bucket, energy=Decimal(0), readings=0, validated=validated)
+            points = [buckets[bucket] for bucket in sorted(buckets)]
             return Consumption(
                 meterpoint_id=meterpoint_id,
                 register=register,
@@ -312,6 +396,94 @@ class ViewQueries:
                 total=sum((p.energy for p in points), Decimal(0)),
                 points=points,
                 freshness=await self._freshness(conn, version, self._consumption_topics),
+            )
+
+        return await self._read(query)
+
+    async def _bucket_validation(
+        self,
+        conn: Connection,
+        meterpoint_id: str,
+        register: str,
+        resolution: Resolution,
+        start: datetime | date,
+        end: datetime | date,
+        timezone: ZoneInfo,
+    ) -> dict[Any, BucketValidation]:
+        if resolution is Resolution.HOUR:
+            rows = await conn.fetch(HOURLY_VALIDATION, meterpoint_id, register, start, end)
+        else:
+            first, last = _local_midnight(start, timezone), _local_midnight(end, timezone)
+            rows = await conn.fetch(DAILY_VALIDATION, meterpoint_id, register, first, last, timezone.key)
+        found: dict[Any, list[asyncpg.Record]] = {}
+        for row in rows:
+            found.setdefault(row["start"], []).append(row)
+        return {bucket: _validation_of(rows) for bucket, rows in found.items()}
+
+    async def series(
+        self, meterpoint_id: str, day: date, register: str | None, version: int | None, caller: Principal
+    ) -> ValidatedSeries | NoSeries | None:
+        """One version of a validated day (default the newest); None when the meterpoint is unknown or not the
+        caller's, `NO_SERIES` when it is the caller's but has no such day or version."""
+
+        async def query(conn: Connection, version_: int, timezone: ZoneInfo) -> ValidatedSeries | NoSeries | None:
+            if not await conn.fetchval(VISIBLE_METERPOINT, meterpoint_id, tenant_of(caller)):
+                return None
+            current = await conn.fetchrow(SERIES_CURRENT, meterpoint_id, day, register)
+            if current is None:
+                return NO_SERIES
+            row = await conn.fetchrow(
+                SERIES_DAY, meterpoint_id, current["register"], day, version or current["version"]
+            )
+            if row is None:
+                return NO_SERIES
+            points = await conn.fetch(
+                SERIES_POINTS, meterpoint_id, row["register"], row["start"], row["end"], row["version"]
+            )
+            return ValidatedSeries(
+                meterpoint_id=meterpoint_id,
+                current_version=current["version"],
+                points=[SeriesInterval(**dict(p)) for p in points],
+                freshness=await self._freshness(conn, version_, self._series_topics),
+                **{k: v for k, v in dict(row).items() if k != "series_id"},
+            )
+
+        return await self._read(query)
+
+    async def series_versions(
+        self, meterpoint_id: str, day: date, register: str | None, caller: Principal
+    ) -> SeriesVersions | NoSeries | None:
+        """Every published version of a validated day, like `series`."""
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> SeriesVersions | NoSeries | None:
+            if not await conn.fetchval(VISIBLE_METERPOINT, meterpoint_id, tenant_of(caller)):
+                return None
+            current = await conn.fetchrow(SERIES_CURRENT, meterpoint_id, day, register)
+            if current is None:
+                return NO_SERIES
+            rows = await conn.fetch(SERIES_VERSIONS, meterpoint_id, current["register"], day, current["version"])
+            return SeriesVersions(
+                meterpoint_id=meterpoint_id,
+                register=current["register"],
+                day=day,
+                current_version=current["version"],
+                versions=[SeriesVersion(**dict(r)) for r in rows],
+                freshness=await self._freshness(conn, version, self._series_topics),
+            )
+
+        return await self._read(query)
+
+    async def completeness(self, day: date, grid_area: str | None, caller: Principal) -> Completeness:
+        """Per grid area, the caller's meterpoints' intervals of ``day`` measured / estimated / missing (newest
+        version of each validated day)."""
+
+        async def query(conn: Connection, version: int, timezone: ZoneInfo) -> Completeness:
+            rows = await conn.fetch(COMPLETENESS, day, grid_area, tenant_of(caller))
+            return Completeness(
+                day=day,
+                grid_area=grid_area,
+                areas=[_area_completeness(day, row) for row in rows],
+                freshness=await self._freshness(conn, version, self._series_topics),
             )
 
         return await self._read(query)
@@ -354,3 +526,56 @@ class ViewQueries:
             )
 
         return await self._read(query)
+
+
+class NoSeries(enum.Enum):
+    """The meterpoint is the caller's, but it has no validated series for the day (or not that version)."""
+
+    NO_SERIES = "no_series"
+
+
+NO_SERIES = NoSeries.NO_SERIES
+_SHARE = Decimal("0.000001")
+
+
+def _local_midnight(day: datetime | date, timezone: ZoneInfo) -> datetime:
+    assert not isinstance(day, datetime)  # daily consumption takes dates
+    return datetime(day.year, day.month, day.day, tzinfo=timezone)
+
+
+def _validation_of(rows: Sequence[asyncpg.Record]) -> BucketValidation:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["quality"]] = counts.get(row["quality"], 0) + row["intervals"]
+    return BucketValidation(
+        quality=aggregate_quality(counts),
+        status=aggregate_status(row["status"] for row in rows),
+        version=max(row["version"] for row in rows),
+        quantity=sum((row["quantity"] for row in rows), Decimal(0)),
+        intervals=sum(counts.values()),
+        measured=counts.get(QuantityQuality.AS_PROVIDED, 0),
+        estimated=counts.get(QuantityQuality.ESTIMATED, 0),
+        missing=counts.get(QuantityQuality.NOT_AVAILABLE, 0),
+    )
+
+
+def _share(part: int, whole: int) -> Decimal:
+    return (Decimal(part) / Decimal(whole)).quantize(_SHARE) if whole else Decimal(0).quantize(_SHARE)
+
+
+def _area_completeness(day: date, row: asyncpg.Record) -> GridAreaCompleteness:
+    intervals, measured, estimated, missing = row["intervals"], row["measured"], row["estimated"], row["missing"]
+    return GridAreaCompleteness(
+        grid_area=row["grid_area"],
+        day=day,
+        meterpoints=row["meterpoints"],
+        series=row["series"],
+        intervals=intervals,
+        measured=measured,
+        estimated=estimated,
+        missing=missing,
+        other=intervals - measured - estimated - missing,
+        measured_share=_share(measured, intervals),
+        estimated_share=_share(estimated, intervals),
+        missing_share=_share(missing, intervals),
+    )

@@ -16,6 +16,7 @@ import asyncpg
 
 from services.readside.adapters.schema import TopicPartitionKey, current_version, search_path
 from services.readside.projections import ViewChanges, WorkOrderRow, fold_work_orders
+from services.readside.series import SeriesCurrentRow, SeriesDayRow, SeriesPointRow
 
 
 class VersionChanged(Exception):
@@ -65,6 +66,26 @@ _STAGING_COLUMNS = (
     "source",
     "reading_id",
 )
+
+_STAGING_SERIES = """
+CREATE TEMP TABLE IF NOT EXISTS staging_series_points (
+    meterpoint_id  text COLLATE "C",
+    register       text COLLATE "C",
+    interval_end   timestamptz,
+    version        integer,
+    day            date,
+    position       smallint,
+    interval_start timestamptz,
+    quantity       float8,
+    quality        text,
+    status         text,
+    point_version  integer,
+    method         text,
+    rules          text[],
+    measured       float8
+) ON COMMIT DELETE ROWS
+"""
+_STAGING_SERIES_COLUMNS = SeriesPointRow._fields
 
 _FENCE = """
 UPDATE consumer_offsets o
@@ -185,6 +206,31 @@ WHERE l.customer_id = u.customer_id AND l.meterpoint_id = u.meterpoint_id
                      AND x.move_in <= u.move_out)
 """
 
+# Published versions are only ever inserted (a resend changes nothing); the current version only moves forward.
+_APPLY_SERIES_DAYS = """
+INSERT INTO series_days
+SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::integer[], $5::uuid[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[],
+                     $14::boolean[], $15::timestamptz[], $16::integer[], $17::integer[], $18::integer[],
+                     $19::integer[])
+ON CONFLICT DO NOTHING
+"""
+_APPLY_SERIES_POINTS = """
+INSERT INTO series_points
+    (meterpoint_id, register, interval_end, version, day, position, interval_start, quantity, quality, status,
+     point_version, method, rules, measured)
+SELECT meterpoint_id, register, interval_end, version, day, position, interval_start, round(quantity::numeric, 3),
+       quality, status, point_version, method, rules, round(measured::numeric, 3)
+FROM staging_series_points
+ON CONFLICT DO NOTHING
+"""
+_APPLY_SERIES_CURRENT = """
+INSERT INTO series_current AS c (meterpoint_id, register, day, version, grid_area)
+SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::integer[], $5::text[])
+ON CONFLICT (meterpoint_id, register, day) DO UPDATE SET version = excluded.version, grid_area = excluded.grid_area
+WHERE excluded.version > c.version
+"""
+
 _WORK_ORDER_COLUMNS = WorkOrderRow._fields
 _SELECT_WORK_ORDERS = """
 SELECT work_order_id, meterpoint_id, type, status, crew, window_start, window_end, description, started_at,
@@ -259,6 +305,7 @@ class ViewWriter:
                 },
             )
             await conn.execute(_STAGING)
+            await conn.execute(_STAGING_SERIES)
             self._conn = conn
         return conn
 
@@ -397,3 +444,11 @@ class ViewWriter:
             changed = fold_work_orders(current, changes.work_orders)
             if changed:
                 await conn.execute(_APPLY_WORK_ORDERS, *_columns(changed, len(_WORK_ORDER_COLUMNS)))
+        series = changes.series
+        if series:
+            await conn.execute(_APPLY_SERIES_DAYS, *_columns(series.days, len(SeriesDayRow._fields)))
+            await conn.copy_records_to_table(
+                "staging_series_points", records=series.points, columns=_STAGING_SERIES_COLUMNS
+            )
+            await conn.execute(_APPLY_SERIES_POINTS)
+            await conn.execute(_APPLY_SERIES_CURRENT, *_columns(series.current, len(SeriesCurrentRow._fields)))

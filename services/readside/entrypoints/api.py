@@ -26,21 +26,26 @@ from pydantic import AwareDatetime, BaseModel, StringConstraints
 from starlette.responses import Response
 
 from libs.events import Gsrn, Register, WorkOrderStatus
+from libs.events.fields import MAX_VERSION
+from libs.events.meterpoints import GRID_AREA_PATTERN
 from libs.platform.apikeys import ApiKeyRecord, Role, require_role
 from libs.platform.problems import PROBLEM_JSON, Problem, ProblemError, install_problem_handlers
 from libs.platform.tenancy import Principal, PrincipalKind
 from services.readside.models import (
+    Completeness,
     Consumption,
     CustomerOverview,
     Freshness,
     MeterpointOverview,
     Resolution,
+    SeriesVersions,
+    ValidatedSeries,
     WorkOrderPage,
 )
 from services.readside.settings import ReadsideSettings
-from services.readside.views import ViewQueries
+from services.readside.views import NoSeries, ViewQueries
 
-API_VERSION = "1.0.0"
+API_VERSION = "1.1.0"
 HEADER_VERSION = "Readside-View-Version"
 HEADER_LAG = "Readside-Lag"
 HEADER_APPLIED_AT = "Readside-Applied-At"
@@ -91,12 +96,18 @@ def get_settings(request: Request) -> ReadsideSettings:
 
 
 _reader = require_role(Role.READER)
+_operator = require_role(Role.OPERATOR)
 # Who answers when the settings turn API keys off (dev and tests only; production refuses it): nobody is scoped.
 _UNAUTHENTICATED = Principal("unauthenticated", PrincipalKind.API_KEY, Role.PLATFORM, None)
 
 
 async def get_caller(record: Annotated[ApiKeyRecord, Depends(_reader)]) -> Principal:
     """The caller whose tenant scopes the answer (the API key's principal)."""
+    return record.principal
+
+
+async def get_operator(record: Annotated[ApiKeyRecord, Depends(_operator)]) -> Principal:
+    """The caller of an operator's answer (role operator or above: admin, platform)."""
     return record.principal
 
 
@@ -107,6 +118,7 @@ async def _unauthenticated_caller() -> Principal:
 QueriesDep = Annotated[ViewQueries, Depends(get_queries)]
 SettingsDep = Annotated[ReadsideSettings, Depends(get_settings)]
 CallerDep = Annotated[Principal, Depends(get_caller)]
+OperatorDep = Annotated[Principal, Depends(get_operator)]
 
 
 def etag_of(body: BaseModel) -> str:
@@ -131,7 +143,18 @@ def freshness_headers(freshness: Freshness) -> dict[str, str]:
     return headers
 
 
-def respond(request: Request, body: MeterpointOverview | Consumption | CustomerOverview | WorkOrderPage) -> Response:
+AnswerBody = (
+    MeterpointOverview
+    | Consumption
+    | CustomerOverview
+    | WorkOrderPage
+    | ValidatedSeries
+    | SeriesVersions
+    | Completeness
+)
+
+
+def respond(request: Request, body: AnswerBody) -> Response:
     """200 with the body, or 304 when If-None-Match names its ETag; freshness headers either way."""
     etag = etag_of(body)
     # private: what a caller sees depends on its tenant, so no shared cache may hand it to another caller.
@@ -234,6 +257,82 @@ async def get_consumption(
     return respond(request, consumption)
 
 
+_NO_SERIES = "no validated series of the meterpoint for that day"
+DayParam = Annotated[date, PathParam(description="The local day of the meterpoint's grid area (YYYY-MM-DD).")]
+SeriesRegister = Annotated[
+    Register | None,
+    Query(description="The register; by default the day's active_import series, else the one there is."),
+]
+
+
+@router.get(
+    "/meterpoints/{meterpoint_id}/series/{day}",
+    operation_id="getValidatedSeries",
+    response_model=ValidatedSeries,
+    responses=_responses(404, 422),
+)
+async def get_validated_series(
+    request: Request,
+    meterpoint_id: Annotated[Gsrn, PathParam(description="GSRN-18")],
+    day: DayParam,
+    queries: QueriesDep,
+    caller: CallerDep,
+    register: SeriesRegister = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_VERSION, description="The day's version; default the newest.")
+    ] = None,
+) -> Response:
+    """One version of the meterpoint's validated local day: every interval with its position, quantity, ENTSO-E
+    quality, Elhub status, estimation method, rules and version. 404 like the overview for a meterpoint no event
+    named or of another grid company; 404 too for a day (or version) that was not published."""
+    found = await queries.series(meterpoint_id, day, register, version, caller)
+    if found is None or isinstance(found, NoSeries):
+        raise _not_found(_NO_METERPOINT if found is None else _NO_SERIES, await queries.freshness("series"))
+    return respond(request, found)
+
+
+@router.get(
+    "/meterpoints/{meterpoint_id}/series/{day}/versions",
+    operation_id="listSeriesVersions",
+    response_model=SeriesVersions,
+    responses=_responses(404, 422),
+)
+async def list_series_versions(
+    request: Request,
+    meterpoint_id: Annotated[Gsrn, PathParam(description="GSRN-18")],
+    day: DayParam,
+    queries: QueriesDep,
+    caller: CallerDep,
+    register: SeriesRegister = None,
+) -> Response:
+    """Every published version of the meterpoint's validated day (reason, final flag, interval counts), oldest
+    first; 404 like the series."""
+    found = await queries.series_versions(meterpoint_id, day, register, caller)
+    if found is None or isinstance(found, NoSeries):
+        raise _not_found(_NO_METERPOINT if found is None else _NO_SERIES, await queries.freshness("series"))
+    return respond(request, found)
+
+
+@router.get(
+    "/completeness",
+    operation_id="getCompleteness",
+    response_model=Completeness,
+    responses=_responses(403, 422),
+)
+async def get_completeness(
+    request: Request,
+    queries: QueriesDep,
+    caller: OperatorDep,
+    day: Annotated[date, Query(description="The local day of the grid areas (YYYY-MM-DD).")],
+    grid_area: Annotated[
+        str | None, Query(pattern=GRID_AREA_PATTERN, description="One grid area; by default every one with series.")
+    ] = None,
+) -> Response:
+    """Operators (role operator or above): per grid area and day, the number and share of intervals measured,
+    estimated and missing over the newest version of each of the caller's meterpoints' validated day."""
+    return respond(request, await queries.completeness(day, grid_area, caller))
+
+
 def _as_instant(moment: datetime | date, timezone: Any) -> datetime:
     if isinstance(moment, datetime):
         return moment
@@ -287,7 +386,8 @@ def create_api(
         title="GridHub read side",
         version=API_VERSION,
         description=(
-            "Materialized views of GridHub's event log: meterpoints, consumption, customers, work orders. "
+            "Materialized views of GridHub's event log: meterpoints, consumption (with the validated quality per "
+            "bucket), validated daily series and their versions, completeness per grid area, customers, work orders. "
             "Every answer tells how fresh it is (`freshness`, `Readside-*` headers); ETags are weak and cover the "
             "data only. Energy values are exact decimal strings."
         ),
@@ -301,4 +401,5 @@ def create_api(
     else:
         app.include_router(router)
         app.dependency_overrides[get_caller] = _unauthenticated_caller
+        app.dependency_overrides[get_operator] = _unauthenticated_caller
     return app

@@ -60,6 +60,7 @@ from libs.platform.kafka import start_producer
 from services.readside.adapters.kafka import partitions_of
 from services.readside.settings import ReadsideSettings
 from tests.tenants import TENANT_A
+from tests.unit.readside.builders import estimated, missing, validated_day
 
 TIMEZONE = "Europe/Copenhagen"
 # Independent of the service's own table on purpose: the reference must not share code with what it checks.
@@ -68,17 +69,20 @@ _FACTOR = {"Wh": Decimal("0.001"), "kWh": Decimal(1), "MWh": Decimal(1000)}
 
 @dataclass(frozen=True)
 class Topics:
-    """The five event topics of one test (each with its .dlq)."""
+    """The six event topics of one test (each with its .dlq)."""
 
     readings: str
     meter_events: str
     customers: str
     workorders: str
     meterpoints: str
+    # A default, so that a test that never consumes can still name five topics.
+    series: str = ""
 
     @property
-    def all(self) -> tuple[str, str, str, str, str]:
-        return (self.readings, self.meter_events, self.customers, self.workorders, self.meterpoints)
+    def all(self) -> tuple[str, ...]:
+        named = (self.readings, self.meter_events, self.customers, self.workorders, self.meterpoints, self.series)
+        return tuple(name for name in named if name)
 
     def route(self, record: KafkaRecord) -> KafkaRecord:
         """The record sent to this test's topic instead of the shared one."""
@@ -88,6 +92,7 @@ class Topics:
             "customers.v1": self.customers,
             "workorders.v1": self.workorders,
             "meterpoints.v1": self.meterpoints,
+            "meter.series.v1": self.series,
         }
         return record._replace(topic=by_role[record.topic])
 
@@ -98,7 +103,10 @@ async def create_topics(bootstrap: str, partitions: int = 6) -> Topics:
     try:
         tag = uuid.uuid4().hex[:10]
         topics = Topics(
-            *(f"rs-{role}.{tag}" for role in ("readings", "meterevents", "customers", "workorders", "meterpoints"))
+            *(
+                f"rs-{role}.{tag}"
+                for role in ("readings", "meterevents", "customers", "workorders", "meterpoints", "series")
+            )
         )
         names = [*topics.all, *(f"{name}.dlq" for name in topics.all)]
         await admin.create_topics([NewTopic(name=n, num_partitions=partitions, replication_factor=1) for n in names])
@@ -127,6 +135,7 @@ def settings_for(dsn: str, bootstrap: str, schema: str, topics: Topics, **overri
         "customers_topic": topics.customers,
         "workorders_topic": topics.workorders,
         "meterpoints_topic": topics.meterpoints,
+        "series_topic": topics.series or f"{topics.meterpoints}-series",
         "group_id": f"readside-test-{uuid.uuid4().hex[:8]}",
         "require_api_key": False,
         "poll_timeout_ms": 50,
@@ -148,6 +157,7 @@ def settings_env(settings: ReadsideSettings) -> dict[str, str]:
         "READSIDE_CUSTOMERS_TOPIC": settings.customers_topic,
         "READSIDE_WORKORDERS_TOPIC": settings.workorders_topic,
         "READSIDE_METERPOINTS_TOPIC": settings.meterpoints_topic,
+        "READSIDE_SERIES_TOPIC": settings.series_topic,
         "READSIDE_GROUP_ID": settings.group_id,
         "READSIDE_MAX_RECORDS": str(settings.max_records),
         "READSIDE_POLL_TIMEOUT_MS": str(settings.poll_timeout_ms),
@@ -394,6 +404,9 @@ VIEW_TABLES = (
     "customers",
     "meterpoint_links",
     "work_orders",
+    "series_days",
+    "series_points",
+    "series_current",
 )
 
 
@@ -558,4 +571,18 @@ def entity_events(
             details="lid",
         )
         emit(tamper, tamper.raised_at)
+    return events
+
+
+def series_events(meterpoints: Sequence[str], day: date = date(2025, 3, 30)) -> list[CloudEvent[Any]]:
+    """Validated days (meter.series.v1) of ``meterpoints``: versions 1 and 2 of a day, every third one out of order."""
+    events: list[CloudEvent[Any]] = []
+    published = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1, hours=6)
+    for index, gsrn in enumerate(meterpoints):
+        first = validated_day(gsrn, day, version=1, points={n: missing() for n in range(1, 5)})
+        second = validated_day(gsrn, day, version=2, points={n: estimated(0.1, version=2) for n in range(1, 5)})
+        order = (second, first) if index % 3 == 0 else (first, second)
+        events.extend(
+            make_event(s, source="/gridhub/vee", time=published + timedelta(minutes=i)) for i, s in enumerate(order)
+        )
     return events

@@ -136,7 +136,7 @@ async def test_consumption_ranges_are_bounded_and_exact(
     assert body["unit"] == "kWh"
     assert body["from"] == start.replace("+00:00", "Z")
     assert body["freshness"]["lag"] == 0
-    assert {p["topic"] for p in body["freshness"]["partitions"]} == {topics.readings, topics.meterpoints}
+    assert {p["topic"] for p in body["freshness"]["partitions"]} == {topics.readings, topics.meterpoints, topics.series}
 
     today = NOW.astimezone(ZoneInfo(TIMEZONE)).date()
     daily = await client.get(
@@ -230,7 +230,7 @@ async def test_readiness_reports_lag_per_partition_and_metrics(api: tuple[httpx.
     consumer = ready.json()["consumer"]
     assert consumer["paused"] is False
     assert consumer["view_version"] == 1
-    assert len(consumer["partitions"]) == 30  # five topics of six partitions
+    assert len(consumer["partitions"]) == 36  # six topics of six partitions
     assert all(
         {"topic", "partition", "lag", "applied_offset", "high_watermark"} <= set(p) for p in consumer["partitions"]
     )

@@ -27,6 +27,7 @@ from tests.integration.readside.support import (
     produce,
     reading_stream,
     records_of,
+    series_events,
     settings_env,
     settings_for,
     wait_for,
@@ -39,7 +40,10 @@ async def test_rebuild_under_live_traffic_switches_to_identical_views(
     pg_dsn: str, kafka_bootstrap: str, topics: Topics, control_schema: str, pg: asyncpg.Connection, tmp_path: Path
 ) -> None:
     readings = reading_stream(seed=31, meterpoints=16)
-    entities = entity_events(31, [meterpoint(n) for n in range(16)])
+    entities = [
+        *entity_events(31, [meterpoint(n) for n in range(16)]),
+        *series_events([meterpoint(n) for n in range(16)]),
+    ]
     reading_records = records_of(readings.events, topics)
     entity_records = records_of(entities, topics)
     first = [*reading_records[: len(reading_records) // 2], *entity_records[: len(entity_records) // 2]]

@@ -42,9 +42,10 @@ def test_a_topic_accepts_only_the_events_it_carries() -> None:
 
 
 def test_topics_must_be_distinct() -> None:
-    assert roles_of("a", "b", "c", "d", "e")["c"] is TopicRole.CUSTOMERS
+    assert roles_of("a", "b", "c", "d", "e", "f")["c"] is TopicRole.CUSTOMERS
+    assert roles_of("a", "b", "c", "d", "e", "f")["f"] is TopicRole.SERIES
     with pytest.raises(ValueError, match="different"):
-        roles_of("a", "a", "c", "d", "e")
+        roles_of("a", "b", "c", "d", "e", "a")
 
 
 def test_the_etag_covers_the_data_not_the_freshness() -> None:
