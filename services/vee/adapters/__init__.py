@@ -1,0 +1,1 @@
+"""The VEE service's way out: PostgreSQL (state, offsets, outbox)."""

@@ -1,0 +1,1 @@
+"""The VEE service's way in: the transactional consumer, the scheduler and the health API."""
