@@ -8,9 +8,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
-from libs.events.meter import Resolution
+from libs.events.meter import Register, Resolution
 from libs.events.meterpoints import ConnectionState, MeterpointType
-from libs.events.series import EstimationMethod, IntervalStatus, QuantityQuality, RuleCode, SeriesPoint
+from libs.events.series import (
+    EstimationMethod,
+    IntervalStatus,
+    MeterSeriesValidated,
+    PublicationReason,
+    QuantityQuality,
+    RuleCode,
+    SeriesPoint,
+)
 from services.vee.domain import (
     Measured,
     Meterpoint,
@@ -18,6 +26,7 @@ from services.vee.domain import (
     RuleSettings,
     assemble_day,
     changed,
+    day_bounds,
     hour_of_week,
     interval_ends,
     is_complete,
@@ -355,3 +364,29 @@ def test_hourly_days() -> None:
     assert day_ends[10] == datetime(2026, 6, 10, 9, 0, tzinfo=UTC)
     assert [point.quantity for point in points[10:12]] == [2.667, 3.333]
     assert {point.method for point in points[10:12]} == {EstimationMethod.LINEAR}
+
+
+def test_assembled_dst_days_make_valid_series_events() -> None:
+    for day in (date(2026, 3, 29), date(2026, 10, 25), DAY):
+        measured = without(measured_at(around(day), lambda end: 0.1), ends_of(day)[20:30])
+        points = assemble(measured, day=day)
+        start, end = day_bounds(day, OSLO)
+        event = MeterSeriesValidated(
+            series_id=MeterSeriesValidated.id_of(CONSUMER.meterpoint_id, Register.ACTIVE_IMPORT, day, 1),
+            meterpoint_id=CONSUMER.meterpoint_id,
+            grid_company=CONSUMER.grid_company,
+            grid_area=CONSUMER.grid_area,
+            meterpoint_type=CONSUMER.type,
+            register=Register.ACTIVE_IMPORT,
+            resolution=CONSUMER.resolution,
+            time_zone=CONSUMER.time_zone,
+            day=day,
+            start=start,
+            end=end,
+            version=1,
+            reason=PublicationReason.DEADLINE,
+            final=False,
+            points=points,
+        )
+        assert len(event.points) == (end - start) // QUARTER
+        assert {point.method for point in event.points[20:30]} == {EstimationMethod.LINEAR}
