@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from libs.events import Resolution
+from libs.events import Register, Resolution, Unit
 from libs.events.series import GapFillRequested, MeterSeriesValidated
 from services.vee.app import Parts, start_parts
 from tests.integration.vee.support import (
@@ -279,3 +279,37 @@ async def _eq(value: Any, expected: int) -> bool:
 
 async def _len(value: Any) -> int:
     return len(await value)
+
+
+async def test_readings_before_their_master_data_are_held_then_validated(
+    vee: Parts, kafka_bootstrap: str, topics: Topics, pg: asyncpg.Connection, pg_schema: str
+) -> None:
+    mp = gsrn(9)
+    reactive = reading(mp, MIDNIGHT + timedelta(hours=1), 4.0, register=Register.REACTIVE_IMPORT, unit=Unit.KVARH)
+    in_wh = [reading(mp, MIDNIGHT + timedelta(hours=i + 1), 1500.0, unit=Unit.WH) for i in range(24)]
+    await produce(kafka_bootstrap, topics, [*in_wh, reactive])
+    held = "SELECT count(*) FROM {s}.pending_readings"
+    await wait_for(lambda: _eq(count(pg, pg_schema, held), 25), 60, "25 readings held")
+    assert await stored(pg, pg_schema, mp) == 0
+    await produce(kafka_bootstrap, topics, [meterpoint(mp, since=DAY)])
+    await wait_for(lambda: _eq(_len(versions(pg, pg_schema, mp, DAY)), 1), 60, "the day validated")
+    assert await count(pg, pg_schema, held) == 0
+    [first] = await versions(pg, pg_schema, mp, DAY)
+    assert {(p["quantity"], p["quality"]) for p in first["points"]} == {(1.5, "A04")}  # Wh converted to kWh
+    unvalidated = await pg.fetch(f'SELECT register, readings FROM "{pg_schema}".unvalidated_counts')
+    assert [(row["register"], row["readings"]) for row in unvalidated] == [("reactive_import", 1)]
+
+
+async def test_a_correction_after_the_billing_deadline_is_final_and_audited(
+    vee: Parts, kafka_bootstrap: str, topics: Topics, pg: asyncpg.Connection, pg_schema: str, clock: DrivenClock
+) -> None:
+    mp = gsrn(10)
+    await produce(kafka_bootstrap, topics, [meterpoint(mp, since=DAY), *hourly(mp, MIDNIGHT, ramp())])
+    await wait_for(lambda: _eq(_len(versions(pg, pg_schema, mp, DAY)), 1), 60, "the complete day")
+    clock.now = MIDNIGHT + timedelta(days=6)  # past D+5 07:00
+    await produce(kafka_bootstrap, topics, [reading(mp, MIDNIGHT + timedelta(hours=3), 7.0)])
+    await wait_for(lambda: _eq(_len(versions(pg, pg_schema, mp, DAY)), 2), 60, "the final correction")
+    _, second = await versions(pg, pg_schema, mp, DAY)
+    assert (second["reason"], second["final"]) == ("correction", True)
+    audit = await pg.fetch(f'SELECT version, changed FROM "{pg_schema}".final_corrections WHERE meterpoint_id = $1', mp)
+    assert [(row["version"], row["changed"]) for row in audit] == [(2, 1)]
