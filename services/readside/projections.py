@@ -7,7 +7,7 @@ The rules that make the views exact whatever Kafka redelivers:
   value. Readings of one meterpoint share a partition (the key), so "Kafka order" is well defined per key. Within
   a batch only the last write per key survives (``readings``); across batches the database compares with the
   stored row and hands the difference to the aggregates.
-- Everything else is merged so that the result does not depend on how the four topics interleave (a rebuild
+- Everything else is merged so that the result does not depend on how the topics interleave (a rebuild
   reads them in another interleaving than the live consumer did): latest reading = greatest interval end, last
   seen = greatest event time, customers by version, meterpoint master data by version (the newest wins: it names
   the grid company, the tenant, that owns the meterpoint), meterpoint links by their dates, alarms by id. Work

@@ -4,7 +4,7 @@ Replays into a new version of the views, then switches to it:
 
 
 1. Create ``<schema>_v<n+1>`` (an unfinished one left by an earlier run is dropped first).
-2. Replay every partition of the four topics from its beginning into it, with the same projections and the same
+2. Replay every partition of the six topics from its beginning into it, with the same projections and the same
    exactly-once apply as the live consumer (offsets stored in the new version), paced by the ``readside_rebuild``
    throttle, which lag-aware admission slows further while the live consumer falls behind. A progress bar goes
    to stderr.

@@ -586,3 +586,23 @@ def series_events(meterpoints: Sequence[str], day: date = date(2025, 3, 30)) -> 
             make_event(s, source="/gridhub/vee", time=published + timedelta(minutes=i)) for i, s in enumerate(order)
         )
     return events
+
+
+async def assert_series_match(conn: asyncpg.Connection[Any], schema: str, events: Sequence[CloudEvent[Any]]) -> None:
+    """Every version of every day once, each with all its points, and the greatest version of each day current."""
+    versions: dict[tuple[str, str, date, int], int] = {}
+    newest: dict[tuple[str, str, date], int] = {}
+    for event in events:
+        series = event.data
+        key = (series.meterpoint_id, str(series.register), series.day)
+        versions.setdefault((*key, series.version), len(series.points))
+        newest[key] = max(newest.get(key, 0), series.version)
+    views = f'"{schema}_v{await current_version(conn, schema)}"'
+    days = await conn.fetch(f"SELECT meterpoint_id, register, day, version FROM {views}.series_days")
+    assert sorted(tuple(r) for r in days) == sorted(versions)
+    points = await conn.fetch(
+        f"SELECT meterpoint_id, register, day, version, count(*) AS n FROM {views}.series_points GROUP BY 1, 2, 3, 4"
+    )
+    assert {(r["meterpoint_id"], r["register"], r["day"], r["version"]): r["n"] for r in points} == versions
+    current = await conn.fetch(f"SELECT meterpoint_id, register, day, version FROM {views}.series_current")
+    assert {(r["meterpoint_id"], r["register"], r["day"]): r["version"] for r in current} == newest

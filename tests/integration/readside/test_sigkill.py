@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import asyncpg
@@ -16,11 +17,14 @@ from stack.config import REPO
 from tests.integration.readside.support import (
     Topics,
     applied_through,
+    assert_series_match,
     assert_totals_match,
     end_offsets,
+    meterpoint,
     produce,
     reading_stream,
     records_of,
+    series_events,
     settings_env,
     settings_for,
     stored_offsets,
@@ -60,7 +64,17 @@ async def test_views_are_exact_after_repeated_sigkills(
     pg_dsn: str, kafka_bootstrap: str, topics: Topics, control_schema: str, pg: asyncpg.Connection, tmp_path: Path
 ) -> None:
     stream = reading_stream(seed=11, meterpoints=40)
+    # Validated days too (every version of a day kept, the greatest current): two days, two versions each.
+    series = [
+        *series_events([meterpoint(n) for n in range(40)]),
+        *series_events([meterpoint(n) for n in range(40)], date(2025, 3, 31)),
+    ]
     records = records_of(stream.events, topics)
+    # Interleaved: the series land in the kills' batches as the readings do.
+    series_records = records_of(series, topics)
+    step = len(records) // len(series_records)
+    for index, record in enumerate(series_records):
+        records.insert(index * (step + 1), record)
     await produce(kafka_bootstrap, records)
     ends = await end_offsets(kafka_bootstrap, topics.all)
     total = sum(ends.values())
@@ -104,3 +118,4 @@ async def test_views_are_exact_after_repeated_sigkills(
     assert len(kills) >= 5
     assert all(applied < total for applied in kills), f"every kill hit a stream in progress: {kills} of {total}"
     await assert_totals_match(pg, control_schema, stream)
+    await assert_series_match(pg, control_schema, series)
