@@ -24,16 +24,24 @@ async def test_offsets_are_fenced_and_roll_back_with_the_state(pg_dsn: str, pg_s
             tp: 10,
             TopicPartition("readings", 1): None,
         }
+
         # A consumer that still believes the partition is at 5 (it lost it in a rebalance) is refused, and the
         # state it wrote in the same transaction goes with it.
-        with pytest.raises(Fenced):
+        async def stale_write() -> None:
             async with conn.transaction():
                 await conn.execute("INSERT INTO state VALUES (1)")
                 await advance_offsets(conn, "vee", [OffsetAdvance("readings", 0, 5, 20)])
-        assert await conn.fetchval("SELECT count(*) FROM state") == 0
+
         with pytest.raises(Fenced):
+            await stale_write()
+        assert await conn.fetchval("SELECT count(*) FROM state") == 0
+
+        async def first_write_again() -> None:
             async with conn.transaction():
                 await advance_offsets(conn, "vee", [OffsetAdvance("readings", 0, None, 20)])
+
+        with pytest.raises(Fenced):
+            await first_write_again()
         async with conn.transaction():
             await advance_offsets(conn, "vee", [OffsetAdvance("readings", 0, 10, 20)])
         assert (await read_offsets(conn, "vee", [tp]))[tp] == 20
