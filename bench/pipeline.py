@@ -201,7 +201,7 @@ def _free_port() -> int:
 async def readside_child(names: Names, group: str) -> AsyncIterator[Child]:
     """``python -m services.readside`` (consumer and API) on the run's topics and schema."""
     stack = StackConfig()
-    readings, events, customers, workorders, meterpoints = names.topics
+    readings, events, customers, workorders, meterpoints, series = names.topics
     port = _free_port()
     env = {
         **os.environ,
@@ -213,6 +213,7 @@ async def readside_child(names: Names, group: str) -> AsyncIterator[Child]:
         "READSIDE_CUSTOMERS_TOPIC": customers,
         "READSIDE_WORKORDERS_TOPIC": workorders,
         "READSIDE_METERPOINTS_TOPIC": meterpoints,
+        "READSIDE_SERIES_TOPIC": series,
         "READSIDE_GROUP_ID": group,
         "READSIDE_REQUIRE_API_KEY": "false",
         "READSIDE_HTTP_PORT": str(port),

@@ -94,8 +94,8 @@ class Names:
     tag: str
 
     @property
-    def topics(self) -> tuple[str, str, str, str, str]:
-        kinds = ("readings", "meterevents", "customers", "workorders", "meterpoints")
+    def topics(self) -> tuple[str, str, str, str, str, str]:
+        kinds = ("readings", "meterevents", "customers", "workorders", "meterpoints", "series")
         return tuple(f"bench-rs-{kind}.{self.tag}" for kind in kinds)  # type: ignore[return-value]
 
     @property
@@ -291,6 +291,7 @@ def _settings(dsn: str, bootstrap: str, names: Names, schema: str, params: Param
         customers_topic=names.topics[2],
         workorders_topic=names.topics[3],
         meterpoints_topic=names.topics[4],
+        series_topic=names.topics[5],
         group_id=f"bench-readside-{names.tag}-{round_}",
         max_records=params.max_records,
         poll_timeout_ms=20,
