@@ -1,4 +1,4 @@
-"""The four services as an operator sees them: module, settings prefix, HTTP port and the URLs worth knowing.
+"""The services as an operator sees them: module, settings prefix, HTTP port and the URLs worth knowing.
 
 Ports come from the same variables the services read (``<PREFIX>HTTP_PORT``), with the defaults taken from the
 services' own settings classes, so ``make run``, ``gridhub`` and the services always agree.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from services.collection.settings import CollectionSettings, FtpSettings
 from services.customers.settings import CustomersSettings
 from services.readside.settings import ReadsideSettings
+from services.vee.settings import VeeSettings
 from services.workorders.settings import WorkordersSettings
 
 HOST = "127.0.0.1"
@@ -52,7 +53,8 @@ COLLECTION = Service("collection", "COLLECTION_", _default(CollectionSettings, "
 CUSTOMERS = Service("customers", "CUSTOMERS_", _default(CustomersSettings, "http_port"))
 WORKORDERS = Service("workorders", "WORKORDERS_", _default(WorkordersSettings, "http_port"))
 READSIDE = Service("readside", "READSIDE_", _default(ReadsideSettings, "http_port"))
-SERVICES: tuple[Service, ...] = (COLLECTION, CUSTOMERS, WORKORDERS, READSIDE)
+VEE = Service("vee", "VEE_", _default(VeeSettings, "http_port"))
+SERVICES: tuple[Service, ...] = (COLLECTION, CUSTOMERS, WORKORDERS, READSIDE, VEE)
 
 SOAP_PATH = "/soap/customers"
 

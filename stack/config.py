@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Dev-only credentials, clearly marked: the stack binds to 127.0.0.1 and these never leave this machine.
 # Production secrets come from the deployment (k8s Secrets, compose ${VAR:?}), never from here.
 DEV_PASSWORD_SUFFIX = "-dev-only-password"
-SERVICE_DATABASES = ("collection", "customers", "workorders", "readside", "gridhub_test")
+SERVICE_DATABASES = ("collection", "customers", "workorders", "readside", "vee", "gridhub_test")
 MQTT_SERVICE_USERS = ("collection", "gridhub_test")
 
 

@@ -19,7 +19,7 @@ from libs.platform.settings import DEV_ONLY_MARKER, ServiceSettings
 from services.vee.domain import RuleSettings
 
 DEV_POSTGRES_DSN = f"postgresql://vee:vee-{DEV_ONLY_MARKER}-password@127.0.0.1:5432/vee"
-_LOCAL_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+_LOCAL_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
 class Boundaries(BaseModel):

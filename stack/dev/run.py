@@ -1,7 +1,7 @@
-"""``python -m stack.dev.run`` (``make run``): the stack, the four services and the meter simulator, until Ctrl-C.
+"""``python -m stack.dev.run`` (``make run``): the stack, the services and the meter simulator, until Ctrl-C.
 
 1. Brings the local stack up (``stack.up``: Kafka, PostgreSQL, Mosquitto; idempotent).
-2. Starts ``python -m services.<name>`` for collection, customers, workorders and readside with dev settings (the
+2. Starts ``python -m services.<name>`` for collection, customers, workorders, readside and vee with dev settings (the
    stack's DSNs, broker and ports; each service migrates its own database on start-up), logging to
    ``<run dir>/<name>.log``, and waits for every ``/readyz`` with a deadline.
 3. Provisions two grid companies (A 5790000000012 "Nordgrid", B 5790000000029 "Sydnet"): per grid company a
@@ -10,7 +10,7 @@
    (``stack.dev.provision``); then starts ``python -m stack.dev.simulator`` (it delivers for A) and prints where
    everything is, with every grid company's keys.
 4. On Ctrl-C or SIGTERM: the simulator stops first, then the services get SIGTERM in the order of the data flow
-   (collection and customers, then workorders, then readside), so in-flight requests finish, consumers commit
+   (collection and customers, then workorders, then readside and vee), so in-flight requests finish, consumers commit
    and the outbox relays publish what they hold. Each phase has a deadline, after which a service is killed
    (and reported). The stack stays up: ``make stack-down`` stops it.
 
@@ -44,6 +44,7 @@ from ops.services import (
     CUSTOMERS,
     READSIDE,
     SERVICES,
+    VEE,
     WORKORDERS,
     Service,
     ftp_enabled,
@@ -58,7 +59,7 @@ from stack.process import StackError
 
 PR_SET_PDEATHSIG = 1
 # Stop order: the entry points first, so nothing new comes in while the consumers finish what is in flight.
-STOP_PHASES: tuple[tuple[Service, ...], ...] = ((COLLECTION, CUSTOMERS), (WORKORDERS,), (READSIDE,))
+STOP_PHASES: tuple[tuple[Service, ...], ...] = ((COLLECTION, CUSTOMERS), (WORKORDERS,), (READSIDE, VEE))
 
 
 class StartupError(RuntimeError):
@@ -370,7 +371,7 @@ class Runner:
             readiness.cancel()  # the others' waits end with their processes
             print(f"\n{error}", file=sys.stderr)
             return False
-        print("all four services are ready", flush=True)
+        print(f"all {len(SERVICES)} services are ready", flush=True)
         # Both grid companies' keys, partners and SOAP clients, with or without the simulator; devices for its meters.
         meters = plan.mqtt if sim is not None and plan is not None else []
         try:
