@@ -46,6 +46,11 @@ BENCHMARKS = (
         "collection", "REST and MQTT ingest against a raw aiokafka batch producer; RSS under load", "collection.md"
     ),
     Benchmark(
+        "vee",
+        "VEE validation against the read side's projection of the same readings; reading -> validated interval",
+        "vee.md",
+    ),
+    Benchmark(
         "demo",
         "the talk's demo: fast producer, fast/slow consumers, drop_new, backpressure",
         "demo.md",
@@ -142,6 +147,21 @@ def _readside(text: str, folder: Path) -> str:
     return "; ".join(parts)
 
 
+def _vee(text: str, folder: Path) -> str:
+    ratio = _find(r"\*\*Ratio VEE / read side: ([\d.]+)\*\*", text)
+    rows = dict(re.findall(r"^\| (read side|VEE):[^|]*\| [\d.]+ \| ([\d,]+) \|", text, re.MULTILINE))
+    latency = _find(r"^\| (\d+) ms \| (\d+) ms \| (\d+) ms \|", text)
+    parts = []
+    if ratio:
+        parts.append(
+            f"validation at ratio {ratio[1]} of the read side's projection ({rows.get('VEE', '?')} vs "
+            f"{rows.get('read side', '?')} readings/s, same readings, same run)"
+        )
+    if latency:
+        parts.append(f"reading -> validated interval p50 {latency[1]} ms, p99 {latency[2]} ms")
+    return "; ".join(parts)
+
+
 def _collection(text: str, folder: Path) -> str:
     parts = []
     for path, label in (("REST", "REST"), ("MQTT", "MQTT")):
@@ -228,6 +248,7 @@ HEADLINES: dict[str, Callable[[str, Path], str]] = {
     "flowcontrol": _flowcontrol,
     "collection": _collection,
     "readside": _readside,
+    "vee": _vee,
     "demo": _demo,
     "domino": _domino,
     "pipeline": _pipeline,
