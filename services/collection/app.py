@@ -13,6 +13,7 @@ system), flow control (quota -> 429, body size -> 413, bulkhead -> 503), then th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -44,6 +45,7 @@ from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.problems import install_problem_handlers
 from libs.platform.tasks import run_in_background
+from services.collection.adapters.devicecommands import DeviceCommands
 from services.collection.adapters.ftpusers import (
     FTP_USERS_COMPONENT,
     FTP_USERS_MIGRATIONS,
@@ -53,9 +55,11 @@ from services.collection.adapters.ftpusers import (
 from services.collection.adapters.kafka import KafkaPublisher, Publisher
 from services.collection.adapters.lag import ConsumerLagProbe
 from services.collection.adapters.meterpoints import MeterpointFeed
+from services.collection.adapters.rereads import OutboxWriter, PostgresRereadStore, RereadStore
 from services.collection.domain import ValidationRules
-from services.collection.entrypoints import api
+from services.collection.entrypoints import api, rereads
 from services.collection.entrypoints.ftp import FtpIngress, PartnerFtpServer, PartnerUsers
+from services.collection.entrypoints.gapfill import GapFillRoutes, run_gapfill_consumer
 from services.collection.entrypoints.mqtt import MqttIngress
 from services.collection.filedrop import FileProcessor, Spool
 from services.collection.handlers import Pipeline
@@ -89,6 +93,7 @@ class Parts:
     admission: list[AdmissionController] | None = None
     lag_probe: ConsumerLagProbe | None = None
     meterpoints: MeterpointFeed | None = None
+    gapfill: GapFillRoutes | None = None
 
     @property
     def scope_view(self) -> ScopeView | None:
@@ -204,6 +209,44 @@ def create_ftp_ingress(
     return FtpIngress(server, processor, settings)
 
 
+def create_device_commands(parts: Parts, mqtt: MqttIngress) -> DeviceCommands:
+    """The re-read sender over the MQTT ingress's session, with the ``device_commands`` boundary's policies."""
+    boundary = parts.boundaries["device_commands"]
+    if boundary.throttle is None or boundary.breaker is None or boundary.policy.timeout is None:
+        raise LookupError("boundaries.device_commands needs a buffer, a throttle, a breaker and a timeout")
+    return DeviceCommands(
+        mqtt,
+        buffer=boundary.buffer(on_drop=None),
+        throttle=boundary.throttle,
+        breaker=boundary.breaker,
+        timeout=boundary.policy.timeout,
+        topic_prefix=parts.settings.mqtt.topic_prefix,
+    )
+
+
+def create_gapfill_routes(
+    parts: Parts, *, devices: DeviceCommands | None, head_ends: RereadStore | None
+) -> GapFillRoutes:
+    """Where gap-fill requests go: devices over MQTT, head-ends in the database, partners into their outbox."""
+    settings = parts.settings
+    metrics = parts.metrics
+    partners = None
+    if settings.ftp.enabled:
+        partners = OutboxWriter(
+            Spool(settings.ftp.root),
+            max_files=settings.gapfill.max_outbox_files_per_partner,
+            on_dropped=metrics.gapfill_requests.labels("ftp_partner", "dropped").inc,
+        )
+    return GapFillRoutes(
+        scope=parts.scope_view,
+        metrics=metrics,
+        devices=devices,
+        head_ends=head_ends,
+        partners=partners,
+        max_open_per_client=settings.gapfill.max_open_per_client,
+    )
+
+
 ADMITTED_BOUNDARIES = ("rest_ingress", "mqtt_ingress", "ftp_ingress")
 """The boundaries whose quotas lag-aware admission scales."""
 
@@ -294,7 +337,7 @@ def create_app(
                 active = create_publisher(parts, parts.producer)
             store = key_store
             accounts = ftp_users
-            if store is None or (settings.ftp.enabled and accounts is None):
+            if store is None or (settings.ftp.enabled and accounts is None) or settings.gapfill.enabled:
                 parts.pool = await open_database(
                     settings, [(APIKEY_COMPONENT, APIKEY_MIGRATIONS), (FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS)]
                 )
@@ -326,6 +369,26 @@ def create_app(
                 parts.ftp = create_ftp_ingress(parts, active, accounts, clock=clock, wall_clock=wall_clock)
                 run_in_background(stack, parts.ftp.run(), name="ftp-ingress", on_fatal=on_fatal)
                 await parts.ftp.wait_started(10.0)
+            if settings.gapfill.enabled:
+                assert parts.pool is not None
+                head_ends = PostgresRereadStore(parts.pool)
+                app.state.rereads = rereads.RereadDependencies(head_ends, settings.gapfill.list_limit)
+                devices = None
+                if parts.mqtt is not None:
+                    devices = create_device_commands(parts, parts.mqtt)
+                    run_in_background(stack, devices.run(), name="device-commands", on_fatal=on_fatal)
+                parts.gapfill = create_gapfill_routes(parts, devices=devices, head_ends=head_ends)
+                gapfill_stop = asyncio.Event()
+                consumer = run_gapfill_consumer(
+                    parts.gapfill,
+                    parts.boundaries["gapfill_consumer"],
+                    bootstrap_servers=settings.kafka_bootstrap_servers,
+                    topic=settings.kafka_topic_prefix + settings.gapfill.topic,
+                    group_id=settings.gapfill.group_id,
+                    client_id=settings.kafka_client_id,
+                    stop=gapfill_stop,
+                )
+                run_in_background(stack, consumer, name="gapfill-consumer", on_fatal=on_fatal, stopping=gapfill_stop)
             signal = admission_signal
             if signal is None and settings.lag_signal is not None:
                 lag = settings.lag_signal
@@ -347,6 +410,7 @@ def create_app(
                 yield
             finally:
                 app.state.rest = None
+                app.state.rereads = None
                 keys.store = None
 
     app = FastAPI(
@@ -368,9 +432,11 @@ def create_app(
     )
     app.state.parts = parts
     app.state.rest = None
+    app.state.rereads = None
     set_key_store(app, keys)
     install_problem_handlers(app)
     app.include_router(api.router)
+    app.include_router(rereads.router)
     app.include_router(health_router(readiness))
     mount_metrics(app, registry=parts.registry)
     install_openapi(app, settings)
@@ -383,7 +449,9 @@ __all__ = [
     "build_parts",
     "create_admission",
     "create_app",
+    "create_device_commands",
     "create_ftp_ingress",
+    "create_gapfill_routes",
     "create_meterpoint_feed",
     "create_mqtt_ingress",
     "create_publisher",

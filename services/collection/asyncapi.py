@@ -45,9 +45,43 @@ head-end, an FTP partner, another device) or to none is recorded in the DLQ with
 an unregistered meterpoint is held there with reason `unknown_meterpoint` and published once it is registered
 and an operator redrives the holds. Either way the message is acknowledged: resending cannot change it.
 
+Gap fill: a device subscribes (QoS 1, persistent session) to `gridhub/meters/<its meterpoint>/commands`, the
+only commands topic its ACL lets it read. A `reread` command asks it to publish the readings of `register` with
+`interval_end` in (`start`, `end`] again (devices hold weeks of load profile); resent readings keep their ids.
+
 Flow control: each device has a quota (readings per second with a burst); a device over it is slowed (its
 messages wait), never dropped.
 """
+
+
+_TIME = {"type": "string", "format": "date-time"}
+REREAD_SCHEMA: dict[str, Any] = {
+    "title": "RereadCommand",
+    "type": "object",
+    "required": ["command", "request_id", "meterpoint_id", "start", "end", "register", "resolution", "requested_at"],
+    "properties": {
+        "command": {"const": "reread"},
+        "request_id": {"type": "string", "format": "uuid", "description": "The same id for a repeated request."},
+        "meterpoint_id": {"type": "string", "pattern": "^[0-9]{18}$"},
+        "start": {**_TIME, "description": "Exclusive: the end of the last interval before the gap (UTC)."},
+        "end": {**_TIME, "description": "Inclusive: the end of the gap's last interval (UTC)."},
+        "register": {"enum": ["active_import", "active_export", "reactive_import", "reactive_export"]},
+        "resolution": {"enum": ["PT15M", "PT1H"]},
+        "requested_at": _TIME,
+    },
+}
+"""The JSON of a re-read (``services.collection.gapfill.reread_document``): MQTT command, head-end request, file."""
+
+_EXAMPLE_REREAD = {
+    "command": "reread",
+    "request_id": "0b9c2a8e-5c1d-8f3a-9d2e-4f6a7b8c9d0e",
+    "meterpoint_id": EXAMPLE_METERPOINT,
+    "start": "2025-03-01T10:00:00Z",
+    "end": "2025-03-01T12:00:00Z",
+    "register": "active_import",
+    "resolution": "PT15M",
+    "requested_at": "2025-03-01T13:05:00Z",
+}
 
 
 def _example_reading(minute: int, value: float) -> dict[str, Any]:
@@ -121,10 +155,30 @@ def document(settings: MqttSettings) -> dict[str, Any]:
         "channels": {
             "meterReadings": channel("readings", "readings", "Interval readings of one meterpoint."),
             "meterEvents": channel("events", "meterEvents", "Alarms of one meterpoint (outage, tamper, ...)."),
+            "meterCommands": channel(
+                "commands",
+                "reread",
+                "Commands to one device. Only that device may subscribe (the broker's ACL refuses any other "
+                "subscriber: SUBACK 0x87), with QoS 1 and a persistent session, so a command sent while it is away "
+                "waits for it.",
+            ),
         },
         "operations": {
             "receiveReadings": operation("meterReadings", "readings", "Readings into meter.readings.v1"),
             "receiveMeterEvents": operation("meterEvents", "meterEvents", "Alarms into meter.events.v1"),
+            "sendReread": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/meterCommands"},
+                "summary": "Gap fill: ask the device to send a range of readings again",
+                "description": "Published with QoS 1 on the service's own session when the validation stage asks "
+                "for a gap to be filled (GapFillRequested on meter.commands.v1, routed here when the meterpoint's "
+                "data source is the device), paced by a rate limit and guarded by a breaker. The device publishes "
+                "the readings with `interval_end` in (`start`, `end`] of `register` again on its readings topic "
+                "(same reading ids, so a resend is harmless). The same `request_id` may arrive twice: one resend "
+                "answers both.",
+                "bindings": {"mqtt": {"qos": 1, "bindingVersion": "0.2.0"}},
+                "messages": [{"$ref": "#/channels/meterCommands/messages/reread"}],
+            },
         },
         "components": {
             "messages": {
@@ -138,6 +192,14 @@ def document(settings: MqttSettings) -> dict[str, Any]:
                         {"name": "one", "payload": _example_reading(15, 0.412)},
                         {"name": "batch", "payload": [_example_reading(15, 0.412), _example_reading(30, 0.388)]},
                     ],
+                },
+                "reread": {
+                    "name": "reread",
+                    "title": "Re-read",
+                    "summary": "Send the readings of a register with interval_end in (start, end] again.",
+                    "contentType": "application/json",
+                    "payload": {"$ref": "#/components/schemas/RereadCommand"},
+                    "examples": [{"name": "two hours", "payload": _EXAMPLE_REREAD}],
                 },
                 "meterEvents": {
                     "name": "meterEvents",
@@ -157,7 +219,7 @@ def document(settings: MqttSettings) -> dict[str, Any]:
                     ],
                 },
             },
-            "schemas": dict(sorted(schemas.items())),
+            "schemas": dict(sorted({**schemas, "RereadCommand": REREAD_SCHEMA}.items())),
             "securitySchemes": {
                 "devicePassword": {
                     "type": "userPassword",

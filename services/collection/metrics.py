@@ -112,6 +112,14 @@ class CollectionMetrics:
             "Files uploaded and waiting for (or in) processing.",
             registry=registry,
         )
+        self.gapfill_requests = Counter(
+            "gridhub_collection_gapfill_requests_total",
+            "Gap-fill requests (meter.commands.v1) by route (device, head_end, ftp_partner) and outcome: routed, "
+            "refused (not_in_scope, unknown_meterpoint: dead-lettered), dropped (an open request removed to keep "
+            "its source's bound: the oldest go first).",
+            ["route", "outcome"],
+            registry=registry,
+        )
         self.ftp_paused = Gauge(
             "gridhub_collection_ftp_paused",
             "File processors waiting for Kafka (breaker open or publishes failing); their files wait in the spool.",

@@ -18,8 +18,10 @@ from libs.flowcontrol.policy import (
     BreakerSettings,
     BufferSettings,
     BulkheadSettings,
+    DeliverySettings,
     PerClientSettings,
     QuotaSettings,
+    ThrottleSettings,
 )
 from libs.platform.settings import ServiceSettings, is_placeholder_secret
 
@@ -78,6 +80,47 @@ class Boundaries(_Section):
         ),
         timeout=10.0,
     )
+    gapfill_consumer: BoundaryPolicy = BoundaryPolicy(
+        # meter.commands.v1: a request that cannot be routed now (broker away, database away) pauses its partition
+        # (Refused) or is retried a few times; one that never can (not in scope, malformed) is dead-lettered.
+        delivery=DeliverySettings(max_attempts=4, base_backoff=0.2, max_backoff=2.0),
+        bulkhead=BulkheadSettings(max_concurrent=4, max_wait=1.0, retry_after=1.0),
+    )
+    device_commands: BoundaryPolicy = BoundaryPolicy(
+        # Commands waiting for the sender; a full buffer slows the consumer (back pressure), never drops one.
+        buffer=BufferSettings(capacity=64),
+        # Re-reads to devices per second: a broker crash leaves every meter with a gap at once, and each command
+        # makes its meter resend a range, so they are paced (10,000 meters: ~17 minutes at 10/s).
+        throttle=ThrottleSettings(rate=10.0, burst=20.0, max_wait=5.0),
+        # Opens after half of the last 10 publishes failed or timed out (broker down); the consumer then pauses.
+        breaker=BreakerSettings(
+            failure_rate_threshold=50,
+            slow_call_duration_threshold=5.0,
+            window_size=10,
+            minimum_calls=4,
+            wait_in_open=5.0,
+            permitted_calls_in_half_open=2,
+        ),
+        # Seconds a command waits for its PUBACK (and for its turn in the throttle).
+        timeout=5.0,
+    )
+
+
+class GapFillSettings(_Section):
+    """Gap fill: collection routes the validation stage's GapFillRequested to the meterpoint's source."""
+
+    # Off unless set (COLLECTION_GAPFILL__ENABLED=true, as k8s/ and docker-compose.yml do): the consumer joins one
+    # group on meter.commands.v1, and an instance started for a test or a benchmark must not take its requests.
+    enabled: bool = False
+    topic: str = "meter.commands.v1"
+    group_id: str = Field(default="collection.gapfill", pattern=r"^[A-Za-z0-9._-]{1,255}$")
+    # Open re-read requests kept per head-end system (client); past it the oldest are dropped and counted: a
+    # system that never acknowledges cannot grow the table without end.
+    max_open_per_client: PositiveInt = 10_000
+    # Requests one GET /v1/reread-requests lists (oldest first).
+    list_limit: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    # reread-*.json files kept in one FTP partner's outbox; past it the oldest are removed and counted.
+    max_outbox_files_per_partner: PositiveInt = 1000
 
 
 class MqttSettings(_Section):
@@ -290,6 +333,7 @@ class CollectionSettings(ServiceSettings):
     # Off unless set: which consumer group's lag lowers the REST, MQTT and FTP quotas (lag-aware admission).
     lag_signal: LagSignalSettings | None = None
     scope: ScopeSettings = ScopeSettings()
+    gapfill: GapFillSettings = GapFillSettings()
     boundaries: Boundaries = Boundaries()
 
     @model_validator(mode="after")
@@ -312,6 +356,9 @@ class CollectionSettings(ServiceSettings):
             raise ValueError("boundaries.ftp_ingress.quota bursts must be >= ftp.batch_lines")
         if self.boundaries.kafka_producer.breaker is None:
             raise ValueError("boundaries.kafka_producer needs a breaker")
+        commands = self.boundaries.device_commands
+        if commands.buffer is None or commands.throttle is None or commands.breaker is None or not commands.timeout:
+            raise ValueError("boundaries.device_commands needs a buffer, a throttle, a breaker and a timeout")
         # The base class checks top-level secrets only; this one is nested.
         if self.environment == "production" and is_placeholder_secret(self.mqtt.password.get_secret_value()):
             raise ValueError("placeholder or dev-only secret in production: mqtt.password")

@@ -19,11 +19,16 @@ def test_asyncapi_document_matches_the_code() -> None:
     )
 
 
-def test_asyncapi_document_is_asyncapi_3_with_both_topics() -> None:
+def test_asyncapi_document_is_asyncapi_3_with_the_meters_topics() -> None:
     document = yaml.safe_load(contracts.ASYNCAPI.read_text())
     assert document["asyncapi"] == "3.0.0"
     addresses = {channel["address"] for channel in document["channels"].values()}
-    assert addresses == {"gridhub/meters/{meterpointId}/readings", "gridhub/meters/{meterpointId}/events"}
+    assert addresses == {
+        "gridhub/meters/{meterpointId}/readings",
+        "gridhub/meters/{meterpointId}/events",
+        "gridhub/meters/{meterpointId}/commands",
+    }
+    actions = {name: operation["action"] for name, operation in document["operations"].items()}
+    assert actions == {"receiveReadings": "receive", "receiveMeterEvents": "receive", "sendReread": "send"}
     for operation in document["operations"].values():
-        assert operation["action"] == "receive"
         assert operation["bindings"]["mqtt"]["qos"] == 1

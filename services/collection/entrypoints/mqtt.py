@@ -60,6 +60,7 @@ from libs.flowcontrol.clock import Clock, MonotonicClock
 from libs.flowcontrol.errors import BufferClosed, Refused
 from libs.flowcontrol.lanes import QuotaLanes
 from libs.flowcontrol.quota import Quota
+from services.collection.adapters.devicecommands import CommandNotDelivered
 from services.collection.adapters.kafka import Publisher, PublishFailed, dead_letter_record
 from services.collection.domain import ItemOutcome
 from services.collection.handlers import MqttMessage, Pipeline, PreparedMessage, prepare_message
@@ -139,6 +140,9 @@ class MqttIngress:
         self._subscribed = asyncio.Event()
         self._pending: deque[concurrent.futures.Future[None]] = deque()  # paho's thread only
         self._max_pending = settings.receive_maximum
+        # PUBACKs of the commands this session publishes (gap fill): packet id -> reason code.
+        self._command_acks: dict[int, int] = {}
+        self._command_acked = threading.Condition()
 
     # --- lifetime ----------------------------------------------------------------------------------------------
 
@@ -220,7 +224,44 @@ class MqttIngress:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
+
+    # --- commands to devices (gap fill) ------------------------------------------------------------------------
+
+    async def publish_command(self, topic: str, payload: bytes, *, timeout: float) -> None:
+        """Publish ``payload`` to a device's commands topic with QoS 1 on this session; return after the PUBACK.
+
+        Raises `CommandNotDelivered` when the session is not connected, the broker refused the message (its ACL)
+        or no PUBACK came within ``timeout`` seconds.
+        """
+        client = self._client
+        if client is None or not client.is_connected():
+            raise CommandNotDelivered("the MQTT session is not connected", retry_after=1.0)
+        # Not under _command_acked: paho calls on_publish holding its own message lock (a lock-order inversion).
+        info = client.publish(topic, payload, qos=1)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise CommandNotDelivered(f"the command was not sent ({paho.error_string(info.rc)})", retry_after=1.0)
+        mid = info.mid
+
+        def wait() -> int | None:
+            with self._command_acked:
+                if not self._command_acked.wait_for(lambda: mid in self._command_acks, timeout):
+                    return None
+                return self._command_acks.pop(mid)
+
+        code = await asyncio.to_thread(wait)
+        if code is None:
+            raise CommandNotDelivered(f"no PUBACK within {timeout:g} s", retry_after=1.0)
+        if code >= 0x80:
+            raise CommandNotDelivered(f"the broker refused the command (reason {code:#x})", retry_after=5.0)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        with self._command_acked:
+            self._command_acks[mid] = int(reason_code.value)
+            if len(self._command_acks) > 10_000:  # PUBACKs nobody waits for any more (timed out)
+                self._command_acks.pop(next(iter(self._command_acks)))
+            self._command_acked.notify_all()
 
     # --- paho's thread (never raise here: an exception would end paho's loop) ---------------------------------
 
