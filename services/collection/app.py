@@ -369,10 +369,11 @@ def create_app(
                 parts.ftp = create_ftp_ingress(parts, active, accounts, clock=clock, wall_clock=wall_clock)
                 run_in_background(stack, parts.ftp.run(), name="ftp-ingress", on_fatal=on_fatal)
                 await parts.ftp.wait_started(10.0)
-            if settings.gapfill.enabled:
-                assert parts.pool is not None
-                head_ends = PostgresRereadStore(parts.pool)
+            head_ends = None if parts.pool is None else PostgresRereadStore(parts.pool)
+            if head_ends is not None:
+                # Served whenever the database is: with gap fill off the lists are just empty.
                 app.state.rereads = rereads.RereadDependencies(head_ends, settings.gapfill.list_limit)
+            if settings.gapfill.enabled:
                 devices = None
                 if parts.mqtt is not None:
                     devices = create_device_commands(parts, parts.mqtt)

@@ -103,9 +103,13 @@ async def list_reread_requests(client: SourceDep, deps: RereadsDep) -> Response:
     },
 )
 async def acknowledge_reread_request(
-    request_id: Annotated[uuid.UUID, Path(description="The request's id.")], client: SourceDep, deps: RereadsDep
+    request_id: Annotated[str, Path(description="The request's id (a UUID).")], client: SourceDep, deps: RereadsDep
 ) -> Response:
     """Remove the request from the caller's open requests."""
-    if not await deps.store.acknowledge(client.tenant or "", client.client, str(request_id)):
+    try:
+        canonical = str(uuid.UUID(request_id))
+    except ValueError:
+        canonical = None  # no UUID is no request of the caller's either: 404 like any other
+    if canonical is None or not await deps.store.acknowledge(client.tenant or "", client.client, canonical):
         raise ProblemError(Problem.from_status(404, "no open re-read request of this id for this client system"))
     return Response(status_code=204)
