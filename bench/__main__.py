@@ -150,7 +150,7 @@ def _readside(text: str, folder: Path) -> str:
 def _vee(text: str, folder: Path) -> str:
     ratio = _find(r"\*\*Ratio VEE / read side: ([\d.]+)\*\*", text)
     rows = dict(re.findall(r"^\| (read side|VEE):[^|]*\| [\d.]+ \| ([\d,]+) \|", text, re.MULTILINE))
-    latency = _find(r"^\| (\d+) ms \| (\d+) ms \| (\d+) ms \|", text)
+    latency = _find(r"^\| (\d+) ms \| (\d+) ms \| (\d+) ms \| ([\d,]+) readings/s \| (yes|\*\*no\*\*) \|", text)
     parts = []
     if ratio:
         parts.append(
@@ -158,7 +158,10 @@ def _vee(text: str, folder: Path) -> str:
             f"{rows.get('read side', '?')} readings/s, same readings, same run)"
         )
     if latency:
-        parts.append(f"reading -> validated interval p50 {latency[1]} ms, p99 {latency[2]} ms")
+        behind = "" if latency[5] == "yes" else ", VEE falling behind even there"
+        parts.append(
+            f"reading -> validated interval p50 {latency[1]} ms, p99 {latency[2]} ms at {latency[4]} readings/s{behind}"
+        )
     return "; ".join(parts)
 
 
