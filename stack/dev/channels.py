@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -41,6 +42,37 @@ CSV_HEADER = "meterpoint_id,register,interval_end,resolution,value,unit,quality"
 MAX_READINGS_PER_MESSAGE = 200  # contracts/asyncapi/collection.yaml
 
 
+MAX_PENDING_REREADS = 100  # re-read commands a meter keeps before it answers them (older ones are dropped)
+
+
+@dataclass(frozen=True)
+class Reread:
+    """A re-read request: send the readings of ``register`` with ``interval_end`` in (``start``, ``end``] again."""
+
+    request_id: str
+    meterpoint_id: str
+    start: datetime
+    end: datetime
+    register: str
+
+
+def parse_reread(payload: bytes) -> Reread | None:
+    """The re-read in ``payload`` (contracts/asyncapi/collection.yaml, RereadCommand), or None if it is none."""
+    try:
+        document = orjson.loads(payload)
+        if not isinstance(document, dict) or document.get("command") != "reread":
+            return None
+        return Reread(
+            request_id=str(document["request_id"]),
+            meterpoint_id=str(document["meterpoint_id"]),
+            start=datetime.fromisoformat(document["start"]).astimezone(UTC),
+            end=datetime.fromisoformat(document["end"]).astimezone(UTC),
+            register=str(document["register"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def csv_line(reading: Reading) -> str:
     """One reading as a line of the readings CSV format (columns as in `CSV_HEADER`)."""
     columns = ("meterpoint_id", "register", "interval_end", "resolution")
@@ -63,6 +95,41 @@ class MqttMeter:
         self.client.username_pw_set(meterpoint_id, password)
         self.client.max_queued_messages_set(4)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._commands_topic = f"{topic_prefix}/{meterpoint_id}/commands"
+        self._rereads: deque[Reread] = deque(maxlen=MAX_PENDING_REREADS)
+        self._rereads_lock = threading.Lock()
+        self.rereads = 0
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(self._commands_topic, qos=1)  # the broker's ACL lets it read its own commands only
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        command = parse_reread(bytes(message.payload))
+        if command is not None:
+            with self._rereads_lock:
+                self._rereads.append(command)
+
+    def take_rereads(self) -> list[Reread]:
+        """The re-reads received since the last call (paho's thread queues them)."""
+        with self._rereads_lock:
+            taken = list(self._rereads)
+            self._rereads.clear()
+        return taken
+
+    def resend(self, readings: Sequence[Reading]) -> None:
+        """Publish ``readings`` from its history again, one message per 200; skipped while offline (asked again)."""
+        if not self.client.is_connected():
+            return
+        for first in range(0, len(readings), MAX_READINGS_PER_MESSAGE):
+            batch = list(readings[first : first + MAX_READINGS_PER_MESSAGE])
+            info = self.client.publish(self._readings_topic, orjson.dumps(batch), qos=1)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return
+            self.published += len(batch)
+        self.rereads += 1
 
     def start(self) -> None:
         """Connect in paho's network thread (it retries by itself, e.g. until the broker reloaded its users)."""
@@ -105,6 +172,27 @@ class HeadEnd:
         self._max_batch = max_batch
         self._not_before = 0.0
         self.accepted = self.rejected = self.refused = 0
+        self.rereads = 0
+
+    async def answer_rereads(self, readings_of: Callable[[Reread], list[Reading]]) -> None:
+        """Poll ``GET /v1/reread-requests``; post each range (``readings_of``), then acknowledge it with DELETE."""
+        try:
+            response = await self.http.get("/v1/reread-requests")
+            if response.status_code != 200:
+                return
+            requests_ = response.json().get("requests", [])
+            for document in requests_:
+                command = parse_reread(orjson.dumps(document))
+                if command is None:
+                    continue
+                readings = readings_of(command)
+                for first in range(0, len(readings), self._max_batch):
+                    if await self._post("/v1/readings", readings[first : first + self._max_batch]) is None:
+                        return  # not delivered: the request stays open and is answered on a later poll
+                await self.http.delete(f"/v1/reread-requests/{command.request_id}")
+                self.rereads += 1
+        except (httpx.HTTPError, ValueError) as error:
+            logger.warning("head-end: re-read poll failed: %s %s", type(error).__name__, error)
 
     async def send(self, readings: Sequence[Reading]) -> None:
         """Post the oldest backlog first; 429/503 or a network error keep it for later (after Retry-After)."""
@@ -160,8 +248,19 @@ class ReceiptCounts:
 class Partner:
     """A partner dropping CSV files into ``/inbox`` over FTP, and collecting (then deleting) the receipts."""
 
-    def __init__(self, host: str, port: int, login: str, password: str, *, max_backlog: int = 50_000) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        login: str,
+        password: str,
+        *,
+        max_backlog: int = 50_000,
+        on_rereads: Callable[[list[Reread]], list[Reading]] | None = None,
+    ) -> None:
         self._host, self._port, self._login, self._password = host, port, login, password
+        self._on_rereads = on_rereads
+        self.rereads = 0
         self.backlog: deque[str] = deque(maxlen=max_backlog)
         self.uploaded_files = 0
         self.uploaded_lines = 0
@@ -198,6 +297,10 @@ class Partner:
 
     async def _collect_receipts(self, client: aioftp.Client) -> None:
         for path, info in await client.list("/outbox"):
+            name = PurePosixPath(path).name
+            if info.get("type") == "file" and name.startswith("reread-") and name.endswith(".json"):
+                await self._take_reread(client, PurePosixPath("/outbox") / name)
+                continue
             if info.get("type") != "file" or not str(path).endswith(".receipt.json"):
                 continue
             chunks: list[bytes] = []
@@ -213,6 +316,18 @@ class Partner:
             self.receipts.duplicates += int(receipt.get("duplicates", 0))
             self.receipts.rejected += int(receipt.get("rejected", 0))
             await client.remove_file(PurePosixPath("/outbox") / PurePosixPath(path).name)
+
+    async def _take_reread(self, client: aioftp.Client, path: PurePosixPath) -> None:
+        # The range joins the backlog (uploaded in the file being sent now), then the request file is deleted.
+        chunks: list[bytes] = []
+        async with client.download_stream(path) as stream:
+            async for block in stream.iter_by_block():
+                chunks.append(block)
+        command = parse_reread(b"".join(chunks))
+        if command is not None and self._on_rereads is not None:
+            self.add(self._on_rereads([command]))
+            self.rereads += 1
+        await client.remove_file(path)
 
 
 FIRST_NAMES = ("Mette", "Jens", "Anne", "Lars", "Sofie", "Mikkel", "Ida", "Rasmus", "Freja", "Anders")

@@ -12,6 +12,11 @@
   the partner's: its FTP login), so collection's scope check lets the readings in. Readings start after this.
 - **Customers over SOAP**: one customer per meterpoint, registered and linked unless the meterpoint has one already.
 
+- **Re-reads (gap fill)**: the meters subscribe to ``gridhub/meters/<gsrn>/commands`` and publish a requested range
+  again; the head-end polls ``GET /v1/reread-requests``, resends each range and acknowledges it; the partner picks up
+  ``/outbox/reread-*.json`` and uploads the range with its next file. A meter's history is its value function from
+  its first interval on (the same readings, the same ids), so whatever a broker lost is sent again.
+
 Time: readings start ``history_hours`` back (aligned to 15 minutes); every tick delivers the next interval of every
 meter until the clock is reached, then one interval per 15 minutes, as real meters do. Values are deterministic per
 meterpoint and interval, so a restarted simulator resends the same readings (the same events, by their ids).
@@ -46,10 +51,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.events.gsrn import with_check_digit
 from stack.config import StackConfig
-from stack.dev.channels import Alarm, HeadEnd, MqttMeter, Partner, Reading, Registrar
+from stack.dev.channels import Alarm, HeadEnd, MqttMeter, Partner, Reading, Registrar, Reread, parse_reread
 from stack.dev.provision import Credentials
 
 logger = logging.getLogger("stack.dev.simulator")
+
+__all__ = ["Simulation", "SimulatorSettings", "history", "parse_reread", "reading", "reading_value", "simulate"]
 
 INTERVAL = timedelta(minutes=15)
 LOCAL = ZoneInfo("Europe/Copenhagen")
@@ -77,6 +84,7 @@ class SimulatorSettings(BaseSettings):
     ftp_every_ticks: int = Field(default=30, ge=1)
     alarms: int = Field(default=3, ge=0, le=1000, description="alarms raised in total")
     alarm_every_ticks: int = Field(default=20, ge=1)
+    reread_poll_ticks: int = Field(default=10, ge=1, description="ticks between the head-end's re-read polls")
     customers: bool = True
     max_ticks: int | None = Field(default=None, ge=1)
 
@@ -152,6 +160,27 @@ def reading(meterpoint_id: str, interval_end: datetime) -> Reading:
     }
 
 
+def history(
+    meterpoint_id: str, start: datetime, end: datetime, *, first_end: datetime, last_end: datetime
+) -> list[Reading]:
+    """The readings a meter holds with ``interval_end`` in (``start``, ``end``], within what it has produced: from its
+    first interval end to its latest one (values are a function of meterpoint and interval, so this is its history).
+    """
+    step = INTERVAL
+    begin = max(start + step, first_end)
+    # Interval ends on the 15-minute grid only (a range from another resolution is rounded inwards).
+    offset = (begin - first_end) % step
+    if offset:
+        begin += step - offset
+    stop = min(end, last_end)
+    readings: list[Reading] = []
+    current = begin
+    while current <= stop:
+        readings.append(reading(meterpoint_id, current))
+        current += step
+    return readings
+
+
 def first_interval_end(now: datetime, history: timedelta) -> datetime:
     """The first interval end to send: ``history`` before ``now``, on a 15-minute boundary (UTC)."""
     start = now.astimezone(UTC) - history
@@ -171,6 +200,7 @@ class Simulation:
     customers: dict[str, str] = field(default_factory=dict)
     alarms: list[dict[str, str]] = field(default_factory=list)
     next_end: datetime = field(default_factory=lambda: datetime.now(UTC))
+    first_end: datetime = field(default_factory=lambda: datetime.now(UTC))
     tick: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     registered: threading.Event = field(default_factory=threading.Event)
@@ -191,14 +221,65 @@ class Simulation:
             self.head_end = HeadEnd(settings.collection_url, credentials.collection_key.key)
         if self.plan.ftp:
             self.partner = Partner(
-                settings.ftp_host, settings.ftp_port, credentials.ftp_login, credentials.ftp_password
+                settings.ftp_host,
+                settings.ftp_port,
+                credentials.ftp_login,
+                credentials.ftp_password,
+                on_rereads=self.partner_rereads,
             )
         self.next_end = first_interval_end(datetime.now(UTC), timedelta(hours=settings.history_hours))
+        self.first_end = self.next_end
+
+    def answer_rereads(self) -> int:
+        """Meters publish the ranges they were asked for (their history up to the latest interval); the count."""
+        answered = 0
+        last_end = self.next_end - INTERVAL
+        for meter in self.meters:
+            for command in meter.take_rereads():
+                if command.meterpoint_id != meter.meterpoint_id or command.register != "active_import":
+                    continue
+                meter.resend(
+                    history(
+                        meter.meterpoint_id, command.start, command.end, first_end=self.first_end, last_end=last_end
+                    )
+                )
+                answered += 1
+        return answered
+
+    async def answer_head_end_rereads(self) -> None:
+        """The head-end's open requests: resend each range, then acknowledge it."""
+        if self.head_end is None:
+            return
+        last_end = self.next_end - INTERVAL
+        known = set(self.plan.rest)
+
+        def readings_of(command: Reread) -> list[Reading]:
+            if command.meterpoint_id not in known or command.register != "active_import":
+                return []
+            return history(
+                command.meterpoint_id, command.start, command.end, first_end=self.first_end, last_end=last_end
+            )
+
+        await self.head_end.answer_rereads(readings_of)
+
+    def partner_rereads(self, commands: list[Reread]) -> list[Reading]:
+        """What the partner resends for the requests it found in its outbox."""
+        known, last_end = set(self.plan.ftp), self.next_end - INTERVAL
+        readings: list[Reading] = []
+        for command in commands:
+            if command.meterpoint_id in known and command.register == "active_import":
+                readings += history(
+                    command.meterpoint_id, command.start, command.end, first_end=self.first_end, last_end=last_end
+                )
+        return readings
 
     async def step(self) -> None:
-        """One tick: the next interval if it is complete, a file now and then, an alarm now and then."""
+        """One tick: the next interval if it is complete, re-reads, a file now and then, an alarm now and then."""
         self.tick += 1
         now = datetime.now(UTC)
+        self.answer_rereads()
+        if self.tick % self.settings.reread_poll_ticks == 0:
+            await self.answer_head_end_rereads()
         if self.next_end <= now:
             end, self.next_end = self.next_end, self.next_end + INTERVAL
             for meter in self.meters:
@@ -277,10 +358,15 @@ class Simulation:
         counts = {
             "ticks": self.tick,
             "mqtt_readings": sum(meter.published for meter in self.meters),
+            "mqtt_rereads": sum(meter.rereads for meter in self.meters),
             "alarms": len(self.alarms),
         }
         if self.head_end is not None:
-            counts |= {"rest_accepted": self.head_end.accepted, "rest_rejected": self.head_end.rejected}
+            counts |= {
+                "rest_accepted": self.head_end.accepted,
+                "rest_rejected": self.head_end.rejected,
+                "rest_rereads": self.head_end.rereads,
+            }
         if self.partner is not None:
             receipts = self.partner.receipts
             counts |= {
@@ -289,6 +375,7 @@ class Simulation:
                 "ftp_receipts": receipts.files,
                 "ftp_accepted": receipts.accepted,
                 "ftp_rejected": receipts.rejected,
+                "ftp_rereads": self.partner.rereads,
             }
         return counts
 
