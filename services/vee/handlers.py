@@ -109,8 +109,8 @@ async def apply_batch(
     await db.hold_readings(conn, held)
     await db.count_unvalidated(conn, unvalidated)
     outcome.held, outcome.unvalidated = len(held), sum(unvalidated.values())
-    for (meterpoint_id, register), group in groups.items():
-        await _apply_series(conn, meterpoints[meterpoint_id], register, group, ctx=ctx, now=now, outcome=outcome)
+    if groups:
+        await _apply_series(conn, meterpoints, groups, ctx=ctx, now=now, outcome=outcome)
     if ctx.metrics is not None:
         ctx.metrics.held.inc(outcome.held)
         ctx.metrics.unvalidated.inc(outcome.unvalidated)
@@ -120,74 +120,87 @@ async def apply_batch(
 
 async def _apply_series(
     conn: Connection,
-    meterpoint: Meterpoint,
-    register: Register,
-    readings: Sequence[_Reading],
+    meterpoints: dict[str, Meterpoint],
+    groups: dict[tuple[str, Register], list[_Reading]],
     *,
     ctx: Context,
     now: datetime,
     outcome: BatchOutcome,
 ) -> None:
-    zone = meterpoint.zone
-    resolution = meterpoint.resolution
-    step = domain.step_of(resolution)
-    days = {domain.day_of(r.reading.interval_end, zone, resolution) for r in readings}
-    start = domain.day_bounds(min(days) - timedelta(days=2), zone)[0]
-    end = domain.day_bounds(max(days) + timedelta(days=2), zone)[1]
-    measured = await db.load_measured(conn, meterpoint.meterpoint_id, register, start, end)
-    profile = await db.load_profile(conn, meterpoint.meterpoint_id, register, ctx.rules.profile_max_samples)
+    """The batch's readings per series: state read in one query per table, rules, rows written in one go, then
+    the days settled (each series' own days, and the neighbours already published: an unpublished neighbour's
+    completeness cannot change by a reading outside it, and the scheduler assembles it at its deadline)."""
+    windows: dict[tuple[str, Register], tuple[datetime, datetime]] = {}
+    for (meterpoint_id, register), readings in groups.items():
+        meterpoint = meterpoints[meterpoint_id]
+        zone, resolution = meterpoint.zone, meterpoint.resolution
+        days = {domain.day_of(r.reading.interval_end, zone, resolution) for r in readings}
+        windows[(meterpoint_id, register)] = (
+            domain.day_bounds(min(days) - timedelta(days=2), zone)[0],
+            domain.day_bounds(max(days) + timedelta(days=2), zone)[1],
+        )
+    measured_of = await db.load_measured_many(conn, windows)
+    profiles = await db.load_profiles(conn, list(groups), ctx.rules.profile_max_samples)
     rows: list[db.IntervalRow] = []
-    touched_hours: set[int] = set()
-    affected: set[date] = set()
-    for item in readings:
-        reading = item.reading
-        value, index = kwh(reading)
-        end_at = reading.interval_end
-        previous = measured.get(end_at)
-        if previous is not None and previous.value == value and previous.meter_index == index:
-            outcome.duplicates += 1
-            continue
-        zeros = 0
-        cursor = end_at - step
-        while (earlier := measured.get(cursor)) is not None and earlier.value == 0 and not earlier.rejected:
-            zeros += 1
-            cursor -= step
-        rules = domain.check_reading(
-            meterpoint,
-            interval_end=end_at,
-            resolution=reading.resolution,
-            value=value,
-            previous=previous,
-            profile=profile,
-            zeros_before=zeros,
-            settings=ctx.rules,
-        )
-        current = Measured(end_at, value, 1 if previous is None else previous.version + 1, rules, index)
-        measured[end_at] = current
-        rows.append(
-            db.IntervalRow(
-                meterpoint.meterpoint_id, register, reading.resolution, reading.reading_id, item.received_at, current
+    touched: dict[tuple[str, Register], set[int]] = defaultdict(set)
+    own: dict[tuple[str, Register], set[date]] = defaultdict(set)
+    neighbours: dict[tuple[str, Register], set[date]] = defaultdict(set)
+    for key, readings in groups.items():
+        meterpoint = meterpoints[key[0]]
+        zone, resolution = meterpoint.zone, meterpoint.resolution
+        step = domain.step_of(resolution)
+        measured, profile = measured_of[key], profiles[key]
+        for item in readings:
+            reading = item.reading
+            value, index = kwh(reading)
+            end_at = reading.interval_end
+            previous = measured.get(end_at)
+            if previous is not None and previous.value == value and previous.meter_index == index:
+                outcome.duplicates += 1
+                continue
+            zeros = 0
+            cursor = end_at - step
+            while (earlier := measured.get(cursor)) is not None and earlier.value == 0 and not earlier.rejected:
+                zeros += 1
+                cursor -= step
+            rules = domain.check_reading(
+                meterpoint,
+                interval_end=end_at,
+                resolution=reading.resolution,
+                value=value,
+                previous=previous,
+                profile=profile,
+                zeros_before=zeros,
+                settings=ctx.rules,
             )
-        )
-        outcome.stored.append(item.event_time)
-        if all(rule is RuleCode.CORRECTION for rule in rules):
-            hour = domain.hour_of_week(end_at, zone, resolution)
-            profile.add(hour, value)
-            touched_hours.add(hour)
-        day = domain.day_of(end_at, zone, resolution)
-        affected.update((day - timedelta(days=1), day, day + timedelta(days=1)))
+            current = Measured(end_at, value, 1 if previous is None else previous.version + 1, rules, index)
+            measured[end_at] = current
+            rows.append(
+                db.IntervalRow(key[0], key[1], reading.resolution, reading.reading_id, item.received_at, current)
+            )
+            outcome.stored.append(item.event_time)
+            if all(rule is RuleCode.CORRECTION for rule in rules):
+                hour = domain.hour_of_week(end_at, zone, resolution)
+                profile.add(hour, value)
+                touched[key].add(hour)
+            day = domain.day_of(end_at, zone, resolution)
+            own[key].add(day)
+            neighbours[key].update((day - timedelta(days=1), day + timedelta(days=1)))
     await db.insert_intervals(conn, rows)
-    await db.save_profile(conn, meterpoint.meterpoint_id, register, profile, touched_hours)
-    for day in sorted(affected):
-        if day < meterpoint.connected_since:
-            continue
-        if domain.day_bounds(day, zone)[0] > now and day not in days:
-            continue  # a neighbour day that has not begun: nothing to say about it yet
-        # A day this batch measured in goes out at once when its deadline passed already; a neighbour only
-        # re-assembled waits for the scheduler (or its own readings) before its first version.
-        outcome.published += await settle_day(
-            conn, meterpoint, register, day, measured, profile, ctx=ctx, now=now, late=day in days
-        )
+    await db.save_profiles(conn, {key: (profiles[key], hours) for key, hours in touched.items()})
+    for key in own:
+        neighbours[key] -= own[key]
+    published_neighbours = await db.published_days(conn, {key: days for key, days in neighbours.items() if days})
+    for key, days in own.items():
+        meterpoint = meterpoints[key[0]]
+        settle = sorted(days | published_neighbours.get(key, set()))
+        for day in settle:
+            if day < meterpoint.connected_since:
+                continue
+            # A day this batch measured in goes out at once when its deadline passed already.
+            outcome.published += await settle_day(
+                conn, meterpoint, key[1], day, measured_of[key], profiles[key], ctx=ctx, now=now, late=day in days
+            )
 
 
 def _deadlines(meterpoint: Meterpoint, day: date, ctx: Context) -> tuple[datetime, datetime, datetime]:
@@ -226,6 +239,12 @@ async def settle_day(
     window_start = domain.day_bounds(day - timedelta(days=1), zone)[0]
     window_end = domain.day_bounds(day + timedelta(days=1), zone)[1]
     around = {end: m for end, m in measured.items() if window_start < end <= window_end}
+    if state.published_version is None and not (late and now >= state.deadline):
+        # Nothing can go out unless the day is complete: checked on the measured values alone (the common case
+        # of a day still in progress), without assembling it.
+        ends = domain.interval_ends(day, zone, meterpoint.resolution)
+        if not all((m := around.get(end)) is not None and not m.rejected for end in ends):
+            return 0
     points = domain.assemble_day(meterpoint, day, around, profile, previous=previous, final=final, settings=ctx.rules)
     complete = domain.is_complete(points)
     reason: PublicationReason | None = None

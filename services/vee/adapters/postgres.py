@@ -7,6 +7,7 @@ the one transaction that also moves the consumer's offsets (exactly once).
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -146,6 +147,90 @@ async def load_measured(
         )
         for row in rows
     }
+
+
+async def load_measured_many(
+    conn: Connection, windows: dict[tuple[str, Register], tuple[datetime, datetime]]
+) -> dict[tuple[str, Register], dict[datetime, Measured]]:
+    """``load_measured`` for many series at once: each key's window (start, end]."""
+    keys = list(windows)
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT ON (i.meterpoint_id, i.register, i.interval_end)
+               i.meterpoint_id, i.register, i.interval_end, i.version, i.value, i.rules, i.meter_index
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS w(meterpoint_id, register, s, e)
+        JOIN intervals i ON i.meterpoint_id = w.meterpoint_id AND i.register = w.register
+                        AND i.interval_end > w.s AND i.interval_end <= w.e
+        ORDER BY i.meterpoint_id, i.register, i.interval_end, i.version DESC
+        """,
+        [key[0] for key in keys],
+        [str(key[1]) for key in keys],
+        [windows[key][0] for key in keys],
+        [windows[key][1] for key in keys],
+    )
+    found: dict[tuple[str, Register], dict[datetime, Measured]] = {key: {} for key in keys}
+    for row in rows:
+        found[(row["meterpoint_id"], Register(row["register"]))][row["interval_end"]] = Measured(
+            interval_end=row["interval_end"],
+            value=row["value"],
+            version=row["version"],
+            rules=tuple(RuleCode(rule) for rule in row["rules"]),
+            meter_index=row["meter_index"],
+        )
+    return found
+
+
+async def load_profiles(
+    conn: Connection, keys: Sequence[tuple[str, Register]], max_samples: int
+) -> dict[tuple[str, Register], Profile]:
+    rows = await conn.fetch(
+        "SELECT p.meterpoint_id, p.register, p.hour_of_week, p.samples "
+        "FROM unnest($1::text[], $2::text[]) AS k(meterpoint_id, register) "
+        "JOIN profiles p ON p.meterpoint_id = k.meterpoint_id AND p.register = k.register",
+        [key[0] for key in keys],
+        [str(key[1]) for key in keys],
+    )
+    profiles = {key: Profile({}, max_samples=max_samples) for key in keys}
+    for row in rows:
+        profiles[(row["meterpoint_id"], Register(row["register"]))].samples[row["hour_of_week"]] = list(row["samples"])
+    return profiles
+
+
+async def save_profiles(conn: Connection, changed: dict[tuple[str, Register], tuple[Profile, set[int]]]) -> None:
+    """Write back the hours-of-week that changed, of every series."""
+    values = [
+        (key[0], str(key[1]), hour, profile.samples[hour])
+        for key, (profile, hours) in changed.items()
+        for hour in sorted(hours)
+        if hour in profile.samples
+    ]
+    if values:
+        await conn.executemany(
+            "INSERT INTO profiles (meterpoint_id, register, hour_of_week, samples) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (meterpoint_id, register, hour_of_week) DO UPDATE SET samples = excluded.samples",
+            values,
+        )
+
+
+async def published_days(
+    conn: Connection, candidates: dict[tuple[str, Register], set[date]]
+) -> dict[tuple[str, Register], set[date]]:
+    """Which of the candidate days were published already."""
+    flat = [(key, day) for key, days in candidates.items() for day in days]
+    if not flat:
+        return {}
+    rows = await conn.fetch(
+        "SELECT d.meterpoint_id, d.register, d.day FROM unnest($1::text[], $2::text[], $3::date[]) "
+        "AS c(meterpoint_id, register, day) JOIN days d USING (meterpoint_id, register, day) "
+        "WHERE d.published_version IS NOT NULL",
+        [key[0] for key, _ in flat],
+        [str(key[1]) for key, _ in flat],
+        [day for _, day in flat],
+    )
+    found: dict[tuple[str, Register], set[date]] = defaultdict(set)
+    for row in rows:
+        found[(row["meterpoint_id"], Register(row["register"]))].add(row["day"])
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,13 +195,20 @@ async def produce(bootstrap: str, topics: Topics, events: Sequence[Any]) -> None
 
 async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
     """The payloads on ``topic`` from its beginning, once at least ``expected`` arrived (or the deadline)."""
+    return await consume_until(bootstrap, topic, lambda out: len(out) >= expected, timeout)
+
+
+async def consume_until(
+    bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 30.0
+) -> list[Any]:
+    """The payloads on ``topic`` from its beginning, once ``done`` holds for them (or the deadline)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     out: list[Any] = []
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(out) < expected and loop.time() < deadline:
+        while not done(out) and loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
                 out.extend(decode(record.value).data for record in records)
