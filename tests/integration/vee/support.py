@@ -199,9 +199,10 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float 
 
 
 async def consume_until(
-    bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 30.0
+    bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 30.0, *, raw: bool = False
 ) -> list[Any]:
-    """The payloads on ``topic`` from its beginning, once ``done`` holds for them (or the deadline)."""
+    """The payloads (``raw``: the record values) on ``topic`` from its beginning, once ``done`` holds for them (or
+    the deadline)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     out: list[Any] = []
@@ -211,7 +212,7 @@ async def consume_until(
         while not done(out) and loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
-                out.extend(decode(record.value).data for record in records)
+                out.extend(record.value if raw else decode(record.value).data for record in records)
     finally:
         await consumer.stop()
     return out
