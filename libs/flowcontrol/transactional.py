@@ -10,6 +10,8 @@ The read side's batch loop made generic, for a service whose state and offsets m
 - ``TransactionalStore.apply`` gets the decoded events and the offset advances and must store both in one
   transaction (``advance_offsets`` below does the offset half, fenced: a consumer that lost its partitions in a
   rebalance and still writes is refused with ``Fenced``).
+- Kafka's committed offsets are written too, after the database commit and at most every few seconds, for
+  monitoring only (``gridhub lag``, lag-based autoscaling): PostgreSQL's decide where consumption resumes.
 - When the store fails or is slow the breaker opens: every partition is paused and, once the breaker lets a
   probe through, re-positioned from the stored offsets. Nothing is skipped: the offsets in PostgreSQL decide.
 """
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from libs.events import CloudEvent, InvalidEvent
 from libs.flowcontrol.breaker import BreakerState, CircuitBreaker
@@ -31,6 +36,8 @@ from libs.flowcontrol.errors import CallNotPermitted
 from libs.platform.db import Connection
 
 logger = logging.getLogger(__name__)
+
+_KAFKA_COMMIT_INTERVAL = 5.0
 
 OFFSETS_TABLE = """
 CREATE TABLE IF NOT EXISTS consumer_offsets (
@@ -174,6 +181,7 @@ class TransactionalConsumer:
         self._positions: dict[TopicPartition, int | None] = {}
         self._unpositioned: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
+        self._last_kafka_commit = 0.0
         self.batches = 0
         self.records = 0
 
@@ -252,6 +260,21 @@ class TransactionalConsumer:
         self.records += sum(len(records) for records in batch.values())
         if self._breaker.state is not BreakerState.CLOSED:
             self._hold_all()  # it went through, but slowly enough to open the breaker: give the database a pause
+        await self._commit_to_kafka()
+
+    async def _commit_to_kafka(self) -> None:
+        """Best effort, for monitoring only: PostgreSQL holds the offsets that count."""
+        now = time.monotonic()
+        if now - self._last_kafka_commit < _KAFKA_COMMIT_INTERVAL:
+            return
+        self._last_kafka_commit = now
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in self._positions.items() if offset is not None}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (KafkaError, AssertionError) as error:
+            logger.debug("monitoring commit to Kafka skipped: %s", error)
 
     def _hold_all(self) -> None:
         """Pause every assigned partition; each re-reads its stored offset before it resumes."""

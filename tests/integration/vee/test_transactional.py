@@ -89,6 +89,9 @@ async def test_a_failing_store_pauses_then_everything_is_applied_once(kafka_boot
                 return sum(store.offsets.values()) == total
 
             await wait_for(all_stored, 60, "every record's offset stored")
+            # Kafka's committed offsets follow, for monitoring (the first at once, then every few seconds).
+            committed = [await kafka.committed(tp) for tp in store.offsets]
+            assert any(offset is not None for offset in committed)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
