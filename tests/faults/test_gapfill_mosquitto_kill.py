@@ -7,8 +7,11 @@ simulator's meters (``stack.dev.channels.MqttMeter``: they subscribe to their co
 their history). A meter whose push fails while the broker is away drops that reading (as a meter that only keeps its
 load profile does), so the outage always leaves gaps; what the broker acknowledged and lost in its crash is a gap too.
 
-The gap-fill requests come from this test, computed from what reached Kafka (the validation stage, services/vee,
-asks the same way in production: one GapFillRequested per run of missing intervals).
+The gap-fill requests come from the validation stage (``python -m services.vee`` as a subprocess: it consumes the
+readings and the master data, and its gap scan asks for what is still missing), and in a second run from this test
+itself, computed from what reached Kafka (one GapFillRequested per run of missing intervals), so that collection's
+part is proven on its own too. Every topic is the test's own (collection's and the validation stage's topic
+settings point at ``<prefix>meter.readings.v1`` and the rest).
 """
 
 from __future__ import annotations
@@ -23,19 +26,23 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Container, Iterator
+from collections.abc import AsyncIterator, Container, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import asyncpg
 import httpx
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from libs.events import make_event, to_record
 from libs.events.meter import Register, Resolution
 from libs.events.meterpoints import DataSource, SourceKind
 from libs.events.series import GapFillRequested
+from libs.events.topics import PARTITIONS
 from libs.platform.kafka import start_producer
 from stack.config import REPO, StackConfig
 from stack.dev.channels import MqttMeter
@@ -47,9 +54,25 @@ from tests.tenants import TENANT_A
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt, pytest.mark.postgres]
 
 METERS = 6
-INTERVALS = 96  # a day of quarter hours per meter, ending before now
 KILL_AT = 30  # the interval at which the broker dies
-TICK = 0.05  # seconds between intervals: the whole day streams in a few seconds
+TICK = 0.03  # seconds between intervals: yesterday and today stream in a few seconds
+LOCAL = ZoneInfo("Europe/Copenhagen")  # the test meterpoints' time zone (the master data's default)
+ROLES = ("meter.readings.v1", "meter.events.v1", "meterpoints.v1", "meter.commands.v1", "meter.series.v1")
+
+
+@pytest.fixture
+async def prefix(kafka_bootstrap: str) -> AsyncIterator[str]:
+    """``<prefix>`` + each topic collection and the validation stage use (and their dead letters), deleted after."""
+    name = f"gapfault-{uuid.uuid4().hex[:8]}."
+    topics = [name + role for role in ROLES] + [name + role + ".dlq" for role in ROLES]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name=t, num_partitions=PARTITIONS, replication_factor=1) for t in topics])
+        yield name
+    finally:
+        await admin.delete_topics(topics)
+        await admin.close()
 
 
 def free_port() -> int:
@@ -121,11 +144,30 @@ def gaps(meterpoint: str, present: Container[datetime], ends: list[datetime], at
     return requests
 
 
+def start_service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", module], cwd=REPO, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+        )
+
+
+def stop_service(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("requester", ["vee", "test"])
 async def test_after_a_broker_crash_gap_fill_brings_every_interval_of_every_meter(
-    broker: Mosquitto, stack: StackConfig, pg_dsn: str, pg_schema: str, new_topic: Any, tmp_path: Path
+    requester: str, broker: Mosquitto, stack: StackConfig, pg_dsn: str, pg_schema: str, prefix: str, tmp_path: Path
 ) -> None:
     config = broker.config
-    commands_topic = await new_topic("test-gapfill-fault", partitions=2, with_dlq=True)
+    commands_topic = prefix + "meter.commands.v1"
     suffix = uuid.uuid4().hex[:8]
     event_source = f"/gridhub/collection-fault-{suffix}"
     meterpoints = [new_meterpoint() for _ in range(METERS)]
@@ -136,14 +178,14 @@ async def test_after_a_broker_crash_gap_fill_brings_every_interval_of_every_mete
         wait_until(lambda m=meterpoint, p=password: can_log_in(config, m, p), 10, "the broker has the meters")
 
     producer = await start_producer(stack.kafka_bootstrap, "collection-fault-test")
-    registry = MeterpointRegistry(producer)
+    registry = MeterpointRegistry(producer, prefix)
     for meterpoint in meterpoints:
         await registry.register(meterpoint, source=(DEVICE, meterpoint))
 
     http_port = free_port()
     env = {
-        **os.environ,
         "COLLECTION_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "COLLECTION_KAFKA_TOPIC_PREFIX": prefix,
         "COLLECTION_POSTGRES_DSN": pg_dsn,
         "COLLECTION_POSTGRES_SCHEMA": pg_schema,
         "COLLECTION_HTTP_PORT": str(http_port),
@@ -155,16 +197,41 @@ async def test_after_a_broker_crash_gap_fill_brings_every_interval_of_every_mete
         "COLLECTION_MQTT__SHARE_GROUP": f"collection-fault-{suffix}",
         "COLLECTION_FTP__ENABLED": "false",
         "COLLECTION_GAPFILL__ENABLED": "true",
-        "COLLECTION_GAPFILL__TOPIC": commands_topic,
+        "COLLECTION_GAPFILL__TOPIC": "meter.commands.v1",  # after the prefix
         "COLLECTION_GAPFILL__GROUP_ID": f"collection-fault-{suffix}",
     }
     log = tmp_path / "collection.log"
-    with log.open("ab") as output:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "services.collection"], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
+    service = start_service("services.collection", env, log)
+    vee: subprocess.Popen[bytes] | None = None
+    vee_log = tmp_path / "vee.log"
+    if requester == "vee":
+        vee = start_service(
+            "services.vee",
+            {
+                "VEE_POSTGRES_DSN": pg_dsn,
+                "VEE_POSTGRES_SCHEMA": f"{pg_schema}_vee",
+                "VEE_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+                "VEE_READINGS_TOPIC": prefix + "meter.readings.v1",
+                "VEE_METERPOINTS_TOPIC": prefix + "meterpoints.v1",
+                "VEE_SERIES_TOPIC": prefix + "meter.series.v1",
+                "VEE_COMMANDS_TOPIC": commands_topic,
+                "VEE_GROUP_ID": f"vee-fault-{suffix}",
+                "VEE_HTTP_PORT": str(free_port()),
+                "VEE_POLL_TIMEOUT_MS": "50",
+                "VEE_OUTBOX_POLL_INTERVAL": "0.2",
+                "VEE_SCHEDULER_INTERVAL_SECONDS": "2",
+                "VEE_LOOKBACK_DAYS": "1",
+                # Ask at once for what is missing (the test's meters have no later delivery to wait for), again
+                # after a few seconds while it still is.
+                "VEE_GAP_GRACE_SECONDS": "0",
+                "VEE_GAP_COOLDOWN_SECONDS": "10",
+                "VEE_GAP_MAX_ATTEMPTS": "20",
+                "VEE_GAP_MAX_PER_METERPOINT": "20",
+            },
+            vee_log,
         )
     meters = [MqttMeter(m, passwords[m], config.host, config.mqtt_port, "gridhub/meters") for m in meterpoints]
-    readings = TopicReader(stack.kafka_bootstrap, "meter.readings.v1")
+    readings = TopicReader(stack.kafka_bootstrap, prefix + "meter.readings.v1")
     await readings.start()
     present: dict[str, dict[datetime, float]] = {meterpoint: {} for meterpoint in meterpoints}
     ours = {meterpoint.encode() for meterpoint in meterpoints}
@@ -197,9 +264,13 @@ async def test_after_a_broker_crash_gap_fill_brings_every_interval_of_every_mete
             while not all(meter.client.is_connected() for meter in meters):
                 await asyncio.sleep(0.02)
 
+        # The meters' history: every quarter hour of yesterday and today (local days) until now, which are the days
+        # the validation stage looks at.
         now = datetime.now(UTC)
         last_end = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 15)
-        ends = [last_end - (INTERVALS - 1 - n) * INTERVAL for n in range(INTERVALS)]
+        yesterday = datetime.combine(now.astimezone(LOCAL).date() - timedelta(days=1), datetime.min.time(), LOCAL)
+        first_end = yesterday.astimezone(UTC) + INTERVAL
+        ends = [first_end + n * INTERVAL for n in range(int((last_end - first_end) / INTERVAL) + 1)]
         dropped = 0
         restarted = asyncio.get_running_loop().create_future()
         for n, end in enumerate(ends):
@@ -241,17 +312,21 @@ async def test_after_a_broker_crash_gap_fill_brings_every_interval_of_every_mete
         missing_before = {m: [e for e in ends if e not in present[m]] for m in meterpoints}
         assert sum(map(len, missing_before.values())) > 0
 
-        # Gap fill: ask each meter for its runs of missing intervals; the meters answer from their history.
+        # Gap fill: each meter is asked for its runs of missing intervals (by the validation stage, or here); the
+        # meters answer from their history.
         attempt = 1
         requests = [r for m in meterpoints for r in gaps(m, present[m], ends, attempt)]
-        for request in requests:
-            record = to_record(make_event(request, source="/gridhub/vee-fault-test"))
-            await producer.send_and_wait(commands_topic, record.value, key=record.key, headers=record.headers)
-        deadline = time.monotonic() + 90
+        if requester == "test":
+            for request in requests:
+                record = to_record(make_event(request, source="/gridhub/vee-fault-test"))
+                await producer.send_and_wait(commands_topic, record.value, key=record.key, headers=record.headers)
+        deadline = time.monotonic() + 120
         asked_again = time.monotonic()
         while True:
             if service.poll() is not None:
                 raise AssertionError(f"collection exited:\n{log.read_text()[-3000:]}")
+            if vee is not None and vee.poll() is not None:
+                raise AssertionError(f"the validation stage exited:\n{vee_log.read_text()[-3000:]}")
             for meter in meters:
                 for command in meter.take_rereads():
                     range_ = history(
@@ -263,8 +338,9 @@ async def test_after_a_broker_crash_gap_fill_brings_every_interval_of_every_mete
                 break
             if time.monotonic() > deadline:
                 still = {m: len([e for e in ends if e not in present[m]]) for m in meterpoints}
-                raise AssertionError(f"missing after gap fill: {still}\n{log.read_text()[-3000:]}")
-            if time.monotonic() - asked_again > 20:
+                logs = log.read_text()[-2000:] + (vee_log.read_text()[-2000:] if vee is not None else "")
+                raise AssertionError(f"missing after gap fill: {still}\n{logs}")
+            if requester == "test" and time.monotonic() - asked_again > 20:
                 # As the validation stage does: a gap still open is asked for again (the next attempt).
                 attempt += 1
                 asked_again = time.monotonic()
@@ -284,9 +360,11 @@ async def test_after_a_broker_crash_gap_fill_brings_every_interval_of_every_mete
             await asyncio.to_thread(meter.stop)
         await readings.stop()
         await producer.stop()
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait(timeout=10)
+        stop_service(vee)
+        stop_service(service)
+        if vee is not None:
+            connection = await asyncpg.connect(pg_dsn)
+            try:
+                await connection.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}_vee" CASCADE')
+            finally:
+                await connection.close()
