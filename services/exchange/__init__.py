@@ -1,0 +1,1 @@
+"""The datahub exchange: validated daily series to the national datahub (and neighbouring grid companies)."""

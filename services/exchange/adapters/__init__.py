@@ -1,0 +1,1 @@
+"""The exchange's ways out: the datahub's wire format (adapters/datahub.py)."""
