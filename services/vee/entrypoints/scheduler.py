@@ -1,7 +1,8 @@
 """The scheduler: one task, one tick per interval, bounded work per tick (clock injected).
 
 A tick (1) sweeps a slice of the connected meterpoints so that every day of the look-back has a row (days that got
-no reading at all reach their deadline too), (2) publishes the days whose D+1 deadline passed unpublished
+no reading at all reach their deadline too; a round of ``sweep_batch`` per tick must stay well within the 31 hours
+from a day's start to its D+1 deadline), (2) publishes the days whose D+1 deadline passed unpublished
 (reason DEADLINE), and (3) scans for intervals still missing after the grace period (GapFillRequested). Each step
 is its own transaction; the days it touches are locked, so the consumer and the scheduler never publish the same
 version twice.
@@ -50,6 +51,7 @@ class Scheduler:
         self._deadline_batch = deadline_batch
         self._sweep_batch = sweep_batch
         self._cursor = ""
+        self._rounds = 0
         self._lock = asyncio.Lock()
         self.ticks = 0
 
@@ -59,14 +61,18 @@ class Scheduler:
             now = self._clock()
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
+                    # The first round after a start covers the look-back (an outage's days); later rounds only
+                    # the days begun since (yesterday and today), so a round stays one row per series and day.
                     self._cursor, swept = await handlers.sweep_days(
                         conn,
                         ctx=self._ctx,
                         now=now,
                         after=self._cursor,
                         limit=self._sweep_batch,
-                        lookback_days=self._gap.lookback_days,
+                        lookback_days=self._gap.lookback_days if self._rounds == 0 else 1,
                     )
+                    if not self._cursor:
+                        self._rounds += 1
                 async with conn.transaction():
                     published = await handlers.publish_due_days(
                         conn, ctx=self._ctx, now=now, limit=self._deadline_batch
