@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from libs.events import Register, Resolution, Unit
+from libs.events import MeterReadingReceived, Quality, Register, Resolution, Unit
 from libs.events.series import GapFillRequested, MeterSeriesValidated
 from services.vee.app import Parts, start_parts
 from tests.integration.vee.support import (
@@ -313,3 +313,39 @@ async def test_a_correction_after_the_billing_deadline_is_final_and_audited(
     assert (second["reason"], second["final"]) == ("correction", True)
     audit = await pg.fetch(f'SELECT version, changed FROM "{pg_schema}".final_corrections WHERE meterpoint_id = $1', mp)
     assert [(row["version"], row["changed"]) for row in audit] == [(2, 1)]
+
+
+async def test_a_gap_between_two_meter_indexes_sums_to_their_difference(
+    vee: Parts, kafka_bootstrap: str, topics: Topics, pg: asyncpg.Connection, pg_schema: str, clock: DrivenClock
+) -> None:
+    mp = gsrn(11)
+    readings = []
+    index = 0.0
+    for position in range(1, 25):
+        index += 1000.0
+        if position in (10, 11):
+            index += 1000.0  # the meter counted 2 kWh in each of the hours that never arrived
+            continue
+        readings.append(
+            MeterReadingReceived.create(
+                meterpoint_id=mp,
+                register=Register.ACTIVE_IMPORT,
+                interval_end=MIDNIGHT + timedelta(hours=position),
+                resolution=Resolution.PT1H,
+                value=1000.0,
+                unit=Unit.WH,
+                quality=Quality.MEASURED,
+                source="hes-1",
+                meter_index=index,
+            )
+        )
+    await produce(kafka_bootstrap, topics, [meterpoint(mp, since=DAY), *readings])
+    await wait_for(lambda: _eq(stored(pg, pg_schema, mp), 22), 60, "22 intervals stored")
+    assert vee.scheduler is not None
+    clock.now = MIDNIGHT + timedelta(days=1, hours=7)
+    await vee.scheduler.tick()
+    [first] = await versions(pg, pg_schema, mp, DAY)
+    estimates = first["points"][9:11]
+    # The index in Wh is converted with the value: 4 kWh between the indexes around the gap, not the linear 2.
+    assert sum(p["quantity"] for p in estimates) == 4.0
+    assert all("register_sum" in p["rules"] and p["quality"] == "A03" for p in estimates)
