@@ -351,6 +351,8 @@ class Runner:
             return False
         # The services, the provisioning tools and this process all read the same settings.
         os.environ.update(service_environment(config, os.environ))
+        # make run routes the validation stage's re-reads to the simulator's sources (off for a bare service).
+        os.environ.setdefault("COLLECTION_GAPFILL__ENABLED", "true")
         env = dict(os.environ)
         ftp_on = ftp_enabled(env)
         credentials_file = self.run_dir / "credentials.json"

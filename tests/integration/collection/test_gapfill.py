@@ -264,3 +264,25 @@ async def test_a_partner_finds_its_request_in_its_outbox_may_fetch_and_delete_it
         assert f"/outbox/{name}" not in [str(path) for path, _ in await client.list("/outbox")]
     finally:
         await client.quit()
+
+
+async def test_a_head_end_that_never_acknowledges_keeps_only_its_newest_requests(pg_dsn: str, pg_schema: str) -> None:
+    from libs.platform.database import open_database
+    from services.collection.adapters.ftpusers import FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS
+    from services.collection.adapters.rereads import PostgresRereadStore
+    from services.collection.settings import CollectionSettings
+
+    settings = CollectionSettings(postgres_dsn=pg_dsn, postgres_schema=pg_schema)
+    pool = await open_database(settings, [(FTP_USERS_COMPONENT, FTP_USERS_MIGRATIONS)])
+    try:
+        store = PostgresRereadStore(pool)
+        meterpoint = new_meterpoint()
+        requests = [gap(meterpoint, SourceKind.HEAD_END, "hes-bounded", attempt=n) for n in range(1, 6)]
+        dropped = [await store.add(request, max_open=3) for request in requests]
+        assert dropped == [0, 0, 0, 1, 1]
+        assert await store.add(requests[-1], max_open=3) == 0  # a duplicate adds nothing, drops nothing
+        open_ids = [r.request_id for r in await store.open_requests(TENANT_A, "hes-bounded", limit=10)]
+        assert open_ids == [r.request_id for r in requests[2:]]  # the oldest went first
+        assert await store.open_requests(TENANT_B, "hes-bounded", limit=10) == []  # another tenant's client
+    finally:
+        await pool.close()
