@@ -15,7 +15,8 @@ It implements GridHub's contract of the datahub (contracts/datahub/, written fro
 - Switches, for the tests and ``make run``: ``POST /admin/switches`` ``{"outage": true}`` (503 on every datahub
   endpoint), ``{"delay_seconds": 2.5}`` (slow answers), ``POST /admin/rejections`` ``{"meterpoint": ..., "code":
   "E10"}`` (forced asynchronous rejections), ``POST /admin/meterpoints`` (the datahub's master data: without any,
-  every meterpoint is known and of its sender); ``GET /admin/counters``. The admin endpoints take no token: the
+  every meterpoint is known and of its sender); ``GET /admin/counters``. A document whose sender is not the
+  token's market participant is 403 (no grid company sends for another). The admin endpoints take no token: the
   stand-in is dev-only and listens on 127.0.0.1.
 
 In a test, build ``DatahubStandIn(...)`` and serve ``create_app(standin)``: the switches and counters are its
@@ -326,6 +327,31 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _unreadable_times(document: dict[str, Any]) -> list[str]:
+    """Times that match the schema's pattern but are no real moment (2025-02-30, 24:00), at most 20."""
+    body = document["NotifyValidatedMeasureData_MarketDocument"]
+    moments = [(body["createdDateTime"], "%Y-%m-%dT%H:%M:%SZ")]
+    for series in body["Series"]:
+        moments.append((series["registration_DateAndOrTime.dateTime"], "%Y-%m-%dT%H:%M:%SZ"))
+        interval = series["Period"]["timeInterval"]
+        moments += [(interval["start"]["value"], _MINUTE), (interval["end"]["value"], _MINUTE)]
+    bad = []
+    for value, pattern in moments:
+        try:
+            datetime.strptime(value, pattern)
+        except ValueError:
+            bad.append(value)
+    return bad[:20]
+
+
+async def _admin_json(request: Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def create_app(standin: DatahubStandIn) -> FastAPI:
     """The stand-in's HTTP API over ``standin``."""
     app = FastAPI(title="DataHub stand-in", docs_url=None, redoc_url=None, openapi_url=None)
@@ -392,6 +418,21 @@ def create_app(standin: DatahubStandIn) -> FastAPI:
                 target="NotifyValidatedMeasureData_MarketDocument",
                 details=errors,
             )
+        bad_times = _unreadable_times(document)
+        if bad_times:
+            standin.counters.schema_failures += 1
+            return _error(
+                400,
+                "SchemaValidationError",
+                "A time is no calendar date and time",
+                target="NotifyValidatedMeasureData_MarketDocument",
+                details=[
+                    {"Code": "format", "Message": f"{value!r} is no date-time", "Target": None} for value in bad_times
+                ],
+            )
+        sender = document["NotifyValidatedMeasureData_MarketDocument"]["sender_MarketParticipant.mRID"]["value"]
+        if sender != client.party:
+            return _error(403, "Forbidden", "The sender is not the market participant of the token", target="sender")
         if not standin.receive(client, document):
             mrid = document["NotifyValidatedMeasureData_MarketDocument"]["mRID"]
             return _error(409, "DuplicateDocument", f"The document mRID {mrid} was received before", target="mRID")
@@ -418,7 +459,9 @@ def create_app(standin: DatahubStandIn) -> FastAPI:
 
     @app.post("/admin/switches")
     async def switches(request: Request) -> Response:
-        body = await request.json()
+        body = await _admin_json(request)
+        if body is None:
+            return JSONResponse({"error": "a JSON object"}, status_code=400)
         if "outage" in body:
             standin.outage = bool(body["outage"])
         if "delay_seconds" in body:
@@ -427,8 +470,8 @@ def create_app(standin: DatahubStandIn) -> FastAPI:
 
     @app.post("/admin/rejections")
     async def force_rejection(request: Request) -> Response:
-        body = await request.json()
-        if body.get("code") not in REASON_CODES:
+        body = await _admin_json(request)
+        if body is None or body.get("code") not in REASON_CODES or "meterpoint" not in body:
             return JSONResponse({"error": f"code is one of {', '.join(REASON_CODES)}"}, status_code=400)
         standin.forced[str(body["meterpoint"])] = body["code"]
         return JSONResponse({"forced": len(standin.forced)})
@@ -440,7 +483,9 @@ def create_app(standin: DatahubStandIn) -> FastAPI:
 
     @app.post("/admin/meterpoints")
     async def register_meterpoint(request: Request) -> Response:
-        body = await request.json()
+        body = await _admin_json(request)
+        if body is None or "meterpoint" not in body or "grid_company" not in body:
+            return JSONResponse({"error": "meterpoint and grid_company"}, status_code=400)
         standin.meterpoints[str(body["meterpoint"])] = RegisteredMeterpoint(
             grid_company=str(body["grid_company"]), resolution=str(body.get("resolution", "PT15M"))
         )

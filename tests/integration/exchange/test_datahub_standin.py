@@ -114,6 +114,44 @@ async def test_a_malformed_document_is_400_with_the_error_body(
     assert standin.counters.accepted_documents == 0
 
 
+async def test_an_impossible_date_is_400_not_a_crash(http: httpx.AsyncClient, standin: DatahubStandIn) -> None:
+    body = _body(day_series()).replace(b'"2025-02-28T23:00Z"', b'"2025-02-30T23:00Z"')
+    answer = await _post(http, body)
+    assert answer.status_code == 400
+    assert answer.json()["Error"]["Details"]["Errors"][0]["Message"] == "'2025-02-30T23:00Z' is no date-time"
+    assert standin.counters.schema_failures == 1
+
+
+async def test_a_grid_company_cannot_send_for_another(http: httpx.AsyncClient, standin: DatahubStandIn) -> None:
+    answer = await _post(http, _body(day_series(grid_company=TENANT_B)))
+    assert answer.status_code == 403
+    assert answer.json()["Error"]["Code"] == "Forbidden"
+    assert standin.counters.accepted_documents == 0
+    assert standin.queued(TENANT_B) == 0
+
+
+async def test_a_day_of_100_meterpoints_on_a_dst_day_is_accepted(
+    http: httpx.AsyncClient, standin: DatahubStandIn
+) -> None:
+    day = date(2025, 10, 26)  # 25 hours in Copenhagen: 100 quarter-hours
+    series = [day_series(n, day=day, qualities={n % 100 + 1: QuantityQuality.ESTIMATED}) for n in range(1, 101)]
+    for item in series:
+        standin.meterpoints[item.meterpoint_id] = RegisteredMeterpoint(TENANT_A, "PT15M")
+    bundles = plan(series, receiver=Party(DATAHUB), limits=DocumentLimits(max_series=30)).bundles
+    assert [len(bundle.series) for bundle in bundles] == [30, 30, 30, 10]
+    validator = _schema("notify-validated-measure-data.rsm012.schema.json")
+    for bundle in bundles:
+        body = encode_document(bundle, datetime(2025, 10, 27, 5, 0, tzinfo=UTC))
+        document = json.loads(body)
+        assert list(validator.iter_errors(document)) == []
+        for entry in document["NotifyValidatedMeasureData_MarketDocument"]["Series"]:
+            assert [point["position"]["value"] for point in entry["Period"]["Point"]] == list(range(1, 101))
+        assert (await _post(http, body)).status_code == 202
+    assert standin.accepted_series_mrids == [item.series_id for item in series]
+    assert (standin.counters.accepted_documents, standin.counters.duplicates) == (4, 0)
+    assert (await http.get(PEEK_PATH)).status_code == 204
+
+
 async def test_a_repeated_mrid_is_refused_and_counted(http: httpx.AsyncClient, standin: DatahubStandIn) -> None:
     body = _body(day_series(1), day_series(2))
     assert (await _post(http, body)).status_code == 202
@@ -297,6 +335,7 @@ async def test_forced_rejections_outage_and_slow_answers(http: httpx.AsyncClient
     forced = await http.post("/admin/rejections", json={"meterpoint": series.meterpoint_id, "code": "E10"})
     assert forced.status_code == 200
     assert (await http.post("/admin/rejections", json={"meterpoint": "x", "code": "Z00"})).status_code == 400
+    assert (await http.post("/admin/switches", content=b"[")).status_code == 400
     assert (await http.post("/admin/switches", json={"outage": True})).json()["outage"] is True
     down = await _post(http, _body(series))
     assert down.status_code == 503
