@@ -359,13 +359,18 @@ class GapSettings:
     lookback_days: int
 
 
-async def scan_gaps(conn: Connection, *, ctx: Context, gap: GapSettings, now: datetime) -> int:
+async def scan_gaps(
+    conn: Connection, *, ctx: Context, gap: GapSettings, now: datetime, after: db.DayKey | None = None
+) -> tuple[int, db.DayKey | None]:
     """Ask the sources of incomplete days for what is still missing after the grace period; bounded per scan and
-    per meterpoint, each range at most ``max_attempts`` times and not again within the cool-down."""
+    per meterpoint, each range at most ``max_attempts`` times and not again within the cool-down. Days are visited
+    in key order from the cursor ``after``; returns the requests written and the next cursor (None: round done)."""
     grace = timedelta(seconds=gap.grace_seconds)
+    limit = gap.max_per_scan * 4
     days = await db.incomplete_days(
-        conn, now - grace + timedelta(days=1), now - timedelta(days=gap.lookback_days + 1), gap.max_per_scan * 4
+        conn, now - grace + timedelta(days=1), now - timedelta(days=gap.lookback_days + 1), limit, after
     )
+    cursor: db.DayKey | None = days[-1] if len(days) == limit else None
     meterpoints = await db.load_meterpoints(conn, {meterpoint_id for meterpoint_id, _, _ in days})
     sent = 0
     per_meterpoint: dict[str, int] = defaultdict(int)
@@ -381,7 +386,7 @@ async def scan_gaps(conn: Connection, *, ctx: Context, gap: GapSettings, now: da
         present = await db.present_interval_ends(conn, meterpoint_id, register, start, end)
         for gap_start, gap_end in domain.gaps(expected, present, resolution):
             if sent >= gap.max_per_scan:
-                return sent
+                return sent, (meterpoint_id, register, day - timedelta(days=1))  # this day again, next scan
             if per_meterpoint[meterpoint_id] >= gap.max_per_meterpoint:
                 break
             attempt = await db.claim_gap_request(
@@ -413,4 +418,4 @@ async def scan_gaps(conn: Connection, *, ctx: Context, gap: GapSettings, now: da
             per_meterpoint[meterpoint_id] += 1
     if ctx.metrics is not None:
         ctx.metrics.gap_requests.inc(sent)
-    return sent
+    return sent, cursor

@@ -418,16 +418,24 @@ async def due_days(conn: Connection, now: datetime, limit: int) -> list[tuple[st
     return [(row["meterpoint_id"], Register(row["register"]), row["day"]) for row in rows]
 
 
+DayKey = tuple[str, Register, date]
+
+
 async def incomplete_days(
-    conn: Connection, ended_before: datetime, since: datetime, limit: int
-) -> list[tuple[str, Register, date]]:
-    """Incomplete days that ended before ``ended_before`` and after ``since``, newest first."""
+    conn: Connection, ended_before: datetime, since: datetime, limit: int, after: DayKey | None = None
+) -> list[DayKey]:
+    """Incomplete days that ended before ``ended_before`` and after ``since``, in key order after ``after`` (a
+    scan's cursor, so that days cooling down never hide the ones behind them)."""
+    mp, register, day = after if after is not None else ("", Register.ACTIVE_EXPORT, date.min)
     rows = await conn.fetch(
         "SELECT meterpoint_id, register, day FROM days WHERE NOT complete AND day_end <= $1 AND day_end > $2 "
-        "ORDER BY day_end DESC, meterpoint_id LIMIT $3",
+        "AND (meterpoint_id, register, day) > ($4, $5, $6) ORDER BY meterpoint_id, register, day LIMIT $3",
         ended_before,
         since,
         limit,
+        mp,
+        "" if after is None else str(register),
+        day,
     )
     return [(row["meterpoint_id"], Register(row["register"]), row["day"]) for row in rows]
 

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from services.vee import handlers
+from services.vee.adapters.postgres import DayKey
 from services.vee.handlers import Context, GapSettings, WallClock
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Scheduler:
         self._sweep_batch = sweep_batch
         self._cursor = ""
         self._rounds = 0
+        self._gap_cursor: DayKey | None = None
         self._lock = asyncio.Lock()
         self.ticks = 0
 
@@ -78,7 +80,9 @@ class Scheduler:
                         conn, ctx=self._ctx, now=now, limit=self._deadline_batch
                     )
                 async with conn.transaction():
-                    requested = await handlers.scan_gaps(conn, ctx=self._ctx, gap=self._gap, now=now)
+                    requested, self._gap_cursor = await handlers.scan_gaps(
+                        conn, ctx=self._ctx, gap=self._gap, now=now, after=self._gap_cursor
+                    )
             self.ticks += 1
             return TickOutcome(swept, published, requested)
 
