@@ -13,6 +13,7 @@ Decisions (each tested in tests/unit/exchange/test_domain.py):
   re-coding a calculated value as estimated or measured would change what it claims, so the series is held.
 - **Reactive registers are not sent** (the document's unit is KWH): held.
 - **An exchange point (E20) needs its two grid areas**, which the series does not carry: without them it is held.
+- **A day that does not start and end on a whole minute is held**: it is never rounded onto the wire.
 - **The latest version wins within one plan**: an older version of the same meterpoint, register and day in the
   same batch is superseded (not sent), so one document never holds two versions of a day.
 """
@@ -57,6 +58,8 @@ class HoldReason(StrEnum):
     """A reactive register, or a register that does not fit the meterpoint type (import on production, ...)."""
     MISSING_EXCHANGE_DOMAINS = "missing_exchange_domains"
     """An exchange point whose two grid areas (in and out) are not known."""
+    PERIOD_NOT_AT_MINUTE = "period_not_at_minute"
+    """The day's start or end has seconds (the datahub's time intervals are at minute precision)."""
     TOO_LARGE = "too_large"
     """The series alone is larger than a document may be."""
 
@@ -179,6 +182,8 @@ def hold_reason(series: MeterSeriesValidated, domains: ExchangeDomains | None) -
         return HoldReason.NEGATIVE_QUANTITY
     if series.meterpoint_type is MeterpointType.EXCHANGE and domains is None:
         return HoldReason.MISSING_EXCHANGE_DOMAINS
+    if not (minute_precision(series.start) and minute_precision(series.end)):
+        return HoldReason.PERIOD_NOT_AT_MINUTE
     return None
 
 
@@ -225,7 +230,7 @@ def plan_documents(
     open_size: dict[str, int] = {}
     for item in candidates:
         reason = hold_reason(item, domains.get(item.meterpoint_id))
-        size = size_of(item)
+        size = size_of(item) if reason is None else 0
         if reason is None and envelope_bytes + size > limits.max_bytes:
             reason = HoldReason.TOO_LARGE
         if reason is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libs.events.meter import Resolution
 from libs.events.meterpoints import MeterpointType
@@ -19,8 +22,9 @@ from services.exchange.adapters.datahub import (
     encode_document,
     parse_acknowledgement,
     plan,
+    series_json,
 )
-from services.exchange.domain import DocumentLimits, ExchangeDomains, Party, ReasonCode
+from services.exchange.domain import DocumentLimits, ExchangeDomains, HoldReason, Party, ReasonCode
 from tests.tenants import EIC_TENANT, TENANT_A
 from tests.unit.exchange.support import DATAHUB, day_series
 
@@ -205,3 +209,49 @@ def test_an_acknowledgement_without_reasons_accepts() -> None:
 def test_anything_else_is_an_invalid_acknowledgement(body: bytes) -> None:
     with pytest.raises(InvalidAcknowledgement):
         parse_acknowledgement(body)
+
+
+def test_a_time_with_seconds_is_held_never_sent_rounded() -> None:
+    series = day_series()
+    shifted = series.model_copy(update={"start": series.start.replace(second=30)})
+    built = plan([shifted, day_series(2)], receiver=RECEIVER, limits=DocumentLimits())
+    assert [(held.series_id, held.reason) for held in built.held] == [
+        (series.series_id, HoldReason.PERIOD_NOT_AT_MINUTE)
+    ]
+    with pytest.raises(ValueError, match="minute precision"):
+        series_json(shifted, CREATED)
+
+
+def test_a_negative_zero_is_sent_as_zero() -> None:
+    points = _document(quantities={1: -0.0})["Series"][0]["Period"]["Point"]
+    assert b'"quantity":0.0' in orjson.dumps(points[0])
+
+
+_KEYS = [
+    "mRID",
+    "createdDateTime",
+    "sender_MarketParticipant.mRID",
+    "received_MarketDocument.mRID",
+    "Reason",
+    "Series",
+    "code",
+    "value",
+    "text",
+    "codingScheme",
+]
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(_KEYS), children, max_size=6),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=8), st.sampled_from(_KEYS))
+def test_any_json_is_parsed_or_refused_as_invalid_never_crashes(fields: dict[str, Any], replaced: str) -> None:
+    valid = json.loads(_ack(Series=[{"mRID": "s", "Reason": [{"code": {"value": "E10"}}]}]))
+    document = valid["Acknowledgement_MarketDocument"]
+    document.update(fields)
+    document.pop(replaced, None)
+    with contextlib.suppress(InvalidAcknowledgement):
+        parse_acknowledgement(json.dumps(valid).encode())
