@@ -4,7 +4,7 @@ into documents, the documents' ids, and the typed answer of the datahub's asynch
 The wire format (Energinet DataHub 3's CIM JSON) is not here: adapters/datahub.py maps these decisions to it, so an
 Elhub (ebIX) adapter can be added beside it without touching the rules.
 
-Decisions (each tested in tests/unit/exchange/test_domain.py):
+Decisions (each tested in tests/unit/exchange):
 - **A negative quantity is never sent.** The datahub takes quantities >= 0. On consumption and production points
   the validation stage already replaces a negative reading by an estimate (rule ``sign``), so a negative value in
   a validated series is an exchange point's flow against its registered direction; the direction is master data

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from stack.config import REPO
 
-SERVICES = ("collection", "customers", "workorders", "readside")
+SERVICES = ("collection", "customers", "workorders", "readside", "vee", "exchange")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
