@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from libs.events.meter import Resolution
 from libs.events.meterpoints import MeterpointType
-from libs.events.series import QuantityQuality
-from services.exchange.adapters.datahub import document_json, plan
-from services.exchange.domain import DocumentLimits, ExchangeDomains, Party
+from libs.events.series import MeterSeriesValidated, QuantityQuality
+from services.exchange.adapters.datahub import document_json, encode_document, plan
+from services.exchange.domain import DocumentLimits, ExchangeDomains, HoldReason, Party
 from stack.config import REPO
-from tests.tenants import EIC_TENANT, TENANT_B
+from tests.tenants import EIC_TENANT, TENANT_A, TENANT_B
 from tests.unit.exchange.support import DATAHUB, day_series
 
 SCHEMAS = REPO / "contracts" / "datahub"
@@ -95,3 +97,47 @@ def test_an_exchange_series_needs_its_domains() -> None:
     assert list(_validator(DOCUMENT).iter_errors(document)) == []
     del series["in_Domain.mRID"]
     assert list(_validator(DOCUMENT).iter_errors(document)) != []
+
+
+_SERIES = st.builds(
+    lambda serial, day, resolution, meterpoint_type, sender, quantity, quality: day_series(
+        serial,
+        day=day,
+        resolution=resolution,
+        meterpoint_type=meterpoint_type,
+        grid_company=sender,
+        quantities={1: quantity},
+        qualities={2: quality},
+    ),
+    st.integers(1, 40),
+    st.sampled_from([date(2025, 3, 30), date(2025, 6, 1), date(2025, 10, 26)]),
+    st.sampled_from(list(Resolution)),
+    st.sampled_from(list(MeterpointType)),
+    st.sampled_from([TENANT_A, TENANT_B, EIC_TENANT]),
+    st.integers(0, 99_999_999).map(lambda milli: milli / 1000),
+    st.sampled_from([QuantityQuality.AS_PROVIDED, QuantityQuality.ESTIMATED, QuantityQuality.NOT_AVAILABLE]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_SERIES, min_size=1, max_size=12), st.integers(1, 5), st.integers(8_000, 40_000))
+def test_any_plan_is_valid_complete_and_within_its_limits(
+    series: list[MeterSeriesValidated], max_series: int, max_bytes: int
+) -> None:
+    validator = _validator(DOCUMENT)
+    domains = {item.meterpoint_id: ExchangeDomains(in_area="804", out_area="803") for item in series}
+    built = plan(
+        series, receiver=Party(DATAHUB), limits=DocumentLimits(max_series, max_bytes), exchange_domains=domains
+    )
+    created = datetime(2025, 11, 1, 5, 0, tzinfo=UTC)
+    sent: list[str] = []
+    for bundle in built.bundles:
+        body = encode_document(bundle, created, domains)
+        assert len(body) <= max_bytes
+        assert len(bundle.series) <= max_series
+        assert list(validator.iter_errors(json.loads(body))) == []
+        sent += [item.series_id for item in bundle.series]
+    accounted = sent + [held.series_id for held in built.held] + list(built.superseded)
+    assert sorted(accounted) == sorted({item.series_id for item in series})
+    assert len(sent) == len(set(sent))
+    assert {held.reason for held in built.held} <= {HoldReason.TOO_LARGE, HoldReason.REGISTER_NOT_SENDABLE}
