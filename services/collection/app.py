@@ -233,7 +233,7 @@ def create_gapfill_routes(
     partners = None
     if settings.ftp.enabled:
         partners = OutboxWriter(
-            Spool(settings.ftp.root),
+            Spool(settings.ftp.root).outbox,
             max_files=settings.gapfill.max_outbox_files_per_partner,
             on_dropped=metrics.gapfill_requests.labels("ftp_partner", "dropped").inc,
         )

@@ -15,7 +15,6 @@ import asyncpg
 import orjson
 
 from libs.events.series import GapFillRequested
-from services.collection.filedrop import Spool
 from services.collection.gapfill import StoredRequest, outbox_name, reread_payload
 
 _OUTBOX_PREFIX = "reread-"
@@ -101,15 +100,18 @@ class OutboxWriter:
     """Writes ``reread-<request_id>.json`` into an FTP partner's ``/outbox`` (atomically: a temporary name, then a
     rename), keeping at most ``max_files`` of them per partner (the oldest are removed and counted)."""
 
-    def __init__(self, spool: Spool, *, max_files: int, on_dropped: Callable[[int], object] | None = None) -> None:
-        self._spool = spool
+    def __init__(
+        self, outbox_of: Callable[[str], Path], *, max_files: int, on_dropped: Callable[[int], object] | None = None
+    ) -> None:
+        # outbox_of: a partner login to its outbox folder (``Spool.outbox``, which refuses a name that is no login).
+        self._outbox_of = outbox_of
         self._max_files = max_files
         self._on_dropped = on_dropped
 
     def write(self, request: GapFillRequested) -> Path:
         """Write the request's file (once: an existing one is kept) and return its path."""
         login = request.data_source.id
-        outbox = self._spool.outbox(login)  # ValueError for an id that is no FTP login
+        outbox = self._outbox_of(login)  # ValueError for an id that is no FTP login
         outbox.mkdir(parents=True, exist_ok=True)
         target = outbox / outbox_name(request.request_id)
         if not target.exists():

@@ -147,7 +147,7 @@ async def test_an_unreachable_broker_opens_the_breaker_and_later_requests_are_re
 
 def test_the_outbox_keeps_one_file_per_request_and_at_most_its_bound(tmp_path: Path) -> None:
     dropped: list[int] = []
-    writer = OutboxWriter(Spool(tmp_path), max_files=2, on_dropped=dropped.append)
+    writer = OutboxWriter(Spool(tmp_path).outbox, max_files=2, on_dropped=dropped.append)
     first = writer.write(request(SourceKind.FTP_PARTNER, "partner1", attempt=1))
     assert writer.write(request(SourceKind.FTP_PARTNER, "partner1", attempt=1)) == first  # the same request
     assert orjson.loads(first.read_bytes())["command"] == "reread"
@@ -188,7 +188,7 @@ async def test_routes_by_source_kind_and_rejects_what_is_out_of_scope(tmp_path: 
         metrics=CollectionMetrics(registry),
         devices=commands,
         head_ends=store,
-        partners=OutboxWriter(Spool(tmp_path), max_files=10),
+        partners=OutboxWriter(Spool(tmp_path).outbox, max_files=10),
         max_open_per_client=10,
     )
     head_end = request(SourceKind.HEAD_END, "hes-north")
