@@ -1,7 +1,7 @@
 """VEE: readings validated per second as a ratio to the read side's projection of the same readings in the same run,
 and the latency from a reading to its validated interval at a steady rate below the sustainable one.
 
-    uv run python -m bench.vee            # a few minutes; writes bench/results/vee.md
+    uv run python -m bench.vee            # 5-8 minutes on 2 shared cores; writes bench/results/vee.md
     uv run python -m bench.vee --scale 2  # 2x the meterpoints and readings, 2x the latency phase
     uv run python -m bench.vee --quick    # well under a minute, a smoke test; writes nothing unless --out
 
