@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from libs.events import CloudEvent, MeterpointRegistered, MeterpointUpdated, MeterReadingReceived, make_event
-from libs.events.meter import Register, Unit
+from libs.events.meter import Quality, Register, Unit
 from libs.events.records import to_record
 from libs.events.series import GapFillRequested, MeterSeriesValidated, PublicationReason, RuleCode, SeriesPoint
 from libs.platform.db import Connection
@@ -62,6 +62,7 @@ class BatchOutcome:
 
     stored: list[datetime] = field(default_factory=list)
     duplicates: int = 0
+    missing: int = 0
     held: int = 0
     unvalidated: int = 0
     published: int = 0
@@ -87,6 +88,10 @@ async def apply_batch(
             if await db.upsert_meterpoint(conn, Meterpoint.from_event(data)):
                 arrived.append(data.meterpoint_id)
         elif isinstance(data, MeterReadingReceived):
+            if data.quality is Quality.MISSING:
+                # The source says it has no value: the interval stays a gap (estimated, asked for again).
+                outcome.missing += 1
+                continue
             readings.append(_Reading(data.meterpoint_id, data.register, data, now, event.time))
     held_before = [
         _Reading(r.meterpoint_id, r.register, r, received_at, received_at)
@@ -115,6 +120,7 @@ async def apply_batch(
         ctx.metrics.held.inc(outcome.held)
         ctx.metrics.unvalidated.inc(outcome.unvalidated)
         ctx.metrics.duplicates.inc(outcome.duplicates)
+        ctx.metrics.missing.inc(outcome.missing)
     return outcome
 
 

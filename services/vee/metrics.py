@@ -15,6 +15,7 @@ class VeeMetrics:
     stored_latency: Histogram
     stored: Counter
     duplicates: Counter
+    missing: Counter
     held: Counter
     unvalidated: Counter
     published: Counter
@@ -33,6 +34,11 @@ def vee_metrics(registry: CollectorRegistry) -> VeeMetrics:
         stored=Counter("gridhub_vee_intervals_stored", "Interval versions stored.", registry=registry),
         duplicates=Counter(
             "gridhub_vee_duplicate_readings", "Readings identical to the interval's current version.", registry=registry
+        ),
+        missing=Counter(
+            "gridhub_vee_missing_readings",
+            "Readings of quality 'missing' (no value from the source): left a gap, not stored as a measured 0.",
+            registry=registry,
         ),
         held=Counter(
             "gridhub_vee_held_readings",

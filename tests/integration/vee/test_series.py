@@ -79,8 +79,18 @@ async def test_a_two_hour_gap_is_estimated_linearly_at_the_deadline(
 ) -> None:
     mp = gsrn(1)
     values = ramp()
-    values[9] = values[10] = None  # positions 10 and 11 never arrive
-    await produce(kafka_bootstrap, topics, [meterpoint(mp, since=DAY), *hourly(mp, MIDNIGHT, values)])
+    values[9] = values[10] = None  # positions 10 and 11 never arrive ...
+    said_missing = MeterReadingReceived.create(  # ... 10's source even says it has no value
+        meterpoint_id=mp,
+        register=Register.ACTIVE_IMPORT,
+        interval_end=MIDNIGHT + timedelta(hours=10),
+        resolution=Resolution.PT1H,
+        value=0,
+        unit=Unit.KWH,
+        quality=Quality.MISSING,
+        source="hes-1",
+    )
+    await produce(kafka_bootstrap, topics, [meterpoint(mp, since=DAY), *hourly(mp, MIDNIGHT, values), said_missing])
     await wait_for(lambda: _eq(stored(pg, pg_schema, mp), 22), 60, "22 intervals stored")
     assert await versions(pg, pg_schema, mp, DAY) == []  # incomplete and before its deadline: nothing out yet
     assert vee.scheduler is not None
