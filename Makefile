@@ -70,7 +70,7 @@ test-unit: deps deploy-tools ## unit and contract tests only (no stack needed)
 test: lint typecheck imports deploy-tools stack-up ## everything: lint, types, import contract, unit, contract, integration tests
 	$(PY) pytest
 
-bench: stack-up ## every benchmark, ~9 min on 2 cores; GRIDHUB_BENCH_SCALE=3 for a larger run; report in bench/results/
+bench: stack-up ## every benchmark, ~15 min on 2 cores; GRIDHUB_BENCH_SCALE=3 for a larger run; report in bench/results/
 	$(PY) python -m bench
 
 clean: stack-down ## stop the stack and delete its data

@@ -1,6 +1,6 @@
 """Run every benchmark (`make bench`), each in a process of its own, and write bench/results/README.md.
 
-    uv run python -m bench                     # scale 1: about 10 minutes on 2 cores; reports in bench/results/
+    uv run python -m bench                     # scale 1: about 15 minutes on 2 cores; reports in bench/results/
     uv run python -m bench --scale 3           # a larger run: durations and volumes x3, roughly three times as long
     GRIDHUB_BENCH_SCALE=3 uv run python -m bench   # the same (--scale wins over the environment)
     uv run python -m bench --quick             # every benchmark as a smoke test (no scale); writes nothing unless --out
