@@ -103,22 +103,25 @@ async def start(parts: Parts, *, on_fatal: OnFatal | None = None, scheduler_task
     parts.producer = producer = await start_producer(settings.kafka_bootstrap_servers, f"{settings.service_name}-dlq")
     exits.push_async_callback(producer.stop)
     parts.readiness.add(kafka_readiness(producer, critical=False))
+    # The relay has its own stop event: it is stopped after the consumer and the scheduler (the exit stack's
+    # reverse order), so its drain publishes what they committed last.
+    relay_stopping = asyncio.Event()
     run_in_background(
         exits,
-        watch_outbox_backlog(pool, parts.outbox_metrics, parts.stopping),
+        watch_outbox_backlog(pool, parts.outbox_metrics, relay_stopping),
         name="vee-outbox-backlog",
         on_fatal=on_fatal,
-        stopping=parts.stopping,
+        stopping=relay_stopping,
     )
     relay = run_outbox_relay(
         pool,
         settings.kafka_bootstrap_servers,
         client_id=f"{settings.service_name}-outbox",
-        stop=parts.stopping,
+        stop=relay_stopping,
         poll_interval=settings.outbox_poll_interval,
         batch_size=settings.outbox_batch_size,
     )
-    run_in_background(exits, relay, name="vee-outbox-relay", on_fatal=on_fatal, stopping=parts.stopping)
+    run_in_background(exits, relay, name="vee-outbox-relay", on_fatal=on_fatal, stopping=relay_stopping)
 
     breaker = parts.postgres.breaker
     assert breaker is not None  # the settings refuse a postgres boundary without one

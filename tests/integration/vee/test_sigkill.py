@@ -113,6 +113,8 @@ async def test_nothing_is_lost_or_doubled_after_repeated_sigkills(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+    # A clean stop relays what the consumer and the scheduler committed last.
+    assert await count(pg, pg_schema, "SELECT count(*) FROM {s}.outbox WHERE published_at IS NULL") == 0
 
     assert await intervals() == expected_intervals
     rows = await pg.fetch(
