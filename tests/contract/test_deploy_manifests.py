@@ -31,6 +31,7 @@ from libs.platform.settings import SHARED_ENV
 from services.collection.settings import CollectionSettings
 from services.customers.settings import CustomersSettings
 from services.readside.settings import ReadsideSettings
+from services.vee.settings import VeeSettings
 from services.workorders.settings import WorkordersSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,8 +49,12 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "customers": CustomersSettings,
     "workorders": WorkordersSettings,
     "readside": ReadsideSettings,
+    "vee": VeeSettings,
 }
-PORTS = {"collection": 8001, "customers": 8082, "workorders": 8083, "readside": 8004}
+PORTS = {"collection": 8001, "customers": 8082, "workorders": 8083, "readside": 8004, "vee": 8005}
+# Services no pod or client calls: their network policy opens only the internal port (the kubelet's probes come
+# from the node, which network policies never block).
+UNCALLED = {"vee"}
 # /metrics and the API documents answer only here in production (libs/platform/internal.py), never published.
 INTERNAL_PORT = 9090
 MONITORING = {"namespaceSelector": {"matchLabels": {"gridhub.io/monitoring": "true"}}}
@@ -195,6 +200,7 @@ def test_every_secret_in_compose_comes_from_a_required_variable() -> None:
         "CUSTOMERS_DB_PASSWORD",
         "WORKORDERS_DB_PASSWORD",
         "READSIDE_DB_PASSWORD",
+        "VEE_DB_PASSWORD",
         "MQTT_COLLECTION_PASSWORD",
         "CUSTOMERS_CLIENTS",
         "WORKORDERS_CUSTOMERS_PASSWORD",
@@ -740,6 +746,11 @@ def test_cloudnativepg_cluster_gives_each_service_its_database_and_role(overlay:
         assert database["spec"]["cluster"]["name"] == "gridhub-pg"
         databases[database["spec"]["name"]] = database["spec"]["owner"]
     assert databases == {name: name for name in SETTINGS}
+    # Each role reaches its own database only, over TLS.
+    hba = spec["postgresql"]["pg_hba"]
+    for name in SETTINGS:
+        assert f"hostssl {name} {name} all scram-sha-256" in hba, name
+    assert hba[-1] == f"host {','.join(SETTINGS)} all all reject"
 
 
 @overlays
@@ -790,7 +801,10 @@ def test_network_policies_deny_by_default_and_cover_every_gridhub_pod(overlay: s
         assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": name}}
         assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
         ingress_ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
-        assert port in ingress_ports, f"{name} cannot be reached on {port}"
+        if name in UNCALLED:
+            assert port not in ingress_ports, f"nothing calls {name}, yet its {port} is open"
+        else:
+            assert port in ingress_ports, f"{name} cannot be reached on {port}"
         egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
         if name in SETTINGS:
             assert {9092, 5432} <= egress_ports, name
@@ -804,3 +818,12 @@ def test_network_policies_deny_by_default_and_cover_every_gridhub_pod(overlay: s
     (services_rule,) = [r for r in policies["mosquitto"]["spec"]["ingress"] if 1884 in {p["port"] for p in r["ports"]}]
     assert services_rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "collection"}}}]
     assert 8082 in {p["port"] for rule in policies["workorders"]["spec"]["egress"] for p in rule["ports"]}
+    # PostgreSQL takes every service's connections (and only theirs besides its own instances).
+    (clients,) = [r for r in policies["gridhub-pg"]["spec"]["ingress"] if 5432 in {p["port"] for p in r["ports"]}]
+    (expression,) = [
+        peer["podSelector"]["matchExpressions"][0]
+        for peer in clients["from"]
+        if "matchExpressions" in peer.get("podSelector", {})
+    ]
+    assert expression["key"] == "app.kubernetes.io/name"
+    assert set(expression["values"]) == set(SETTINGS)
