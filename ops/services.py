@@ -86,10 +86,12 @@ def soap_url(env: Mapping[str, str] | None = None) -> str:
 
 
 def consumer_groups(env: Mapping[str, str] | None = None) -> list[str]:
-    """The Kafka consumer groups of the services (read side, and work orders' two), as configured by ``env``."""
+    """The Kafka consumer groups of the services (read side, work orders' two, VEE), as configured by ``env``."""
     env = os.environ if env is None else env
     readside = env.get("READSIDE_GROUP_ID") or str(ReadsideSettings.model_fields["group_id"].default)
     prefix = env.get("WORKORDERS_CONSUMER_GROUP_PREFIX") or str(
         WorkordersSettings.model_fields["consumer_group_prefix"].default
     )
-    return [readside, f"{prefix}.meter-events", f"{prefix}.customers"]
+    # VEE's offsets live in its PostgreSQL; the ones it commits to Kafka follow them for this report.
+    vee = env.get("VEE_GROUP_ID") or str(VeeSettings.model_fields["group_id"].default)
+    return [readside, f"{prefix}.meter-events", f"{prefix}.customers", vee]

@@ -47,7 +47,9 @@ def test_ports_come_from_the_services_variables_with_their_defaults() -> None:
         "readside",
         "wo.meter-events",
         "wo.customers",
+        "vee",
     ]
+    assert consumer_groups({"VEE_GROUP_ID": "vee-blue"})[-1] == "vee-blue"
 
 
 def test_audit_since_is_a_duration_back_a_date_or_a_datetime() -> None:
