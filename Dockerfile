@@ -54,7 +54,7 @@ WORKDIR /app
 # Fail the build, not the first start, when a service or the operator command does not start, or a time zone
 # is missing (the image carries no stack/, bench/ or tests/: the import contract keeps product code off them).
 RUN python -c "import zoneinfo; zoneinfo.ZoneInfo('Europe/Copenhagen')" \
- && for name in collection customers workorders readside; do python -m "services.$name" --help >/dev/null; done \
+ && for name in collection customers workorders readside vee; do python -m "services.$name" --help >/dev/null; done \
  && python -m ops --help >/dev/null
 USER ${GRIDHUB_UID}:${GRIDHUB_UID}
 # collection: REST 8001, FTP 2121 (+ passive 30000-30099); customers 8082; workorders 8083; readside 8004.

@@ -99,7 +99,7 @@ def test_dockerfile_builds_one_slim_non_root_image_for_every_service() -> None:
     assert 'ENTRYPOINT ["python", "-m"]' in final
     # The build starts every command once, so an image that cannot start one is never pushed.
     assert 'python -m "services.$name" --help' in final
-    assert "for name in collection customers workorders readside;" in final
+    assert "for name in collection customers workorders readside vee;" in final
     assert "python -m ops --help" in final
     assert "PYTHONDONTWRITEBYTECODE=1" in final, "a read-only root filesystem gets no .pyc files"
     assert "uv" not in re.findall(r"^COPY --from=(\S+)", final, re.MULTILINE), "no installer in the final image"

@@ -17,7 +17,7 @@ import pytest
 
 from stack.config import REPO
 
-SERVICES = ("collection", "customers", "workorders", "readside")
+SERVICES = ("collection", "customers", "workorders", "readside", "vee")
 
 
 def _uv() -> str:
