@@ -134,8 +134,9 @@ async def _apply_series(
     outcome: BatchOutcome,
 ) -> None:
     """The batch's readings per series: state read in one query per table, rules, rows written in one go, then
-    the days settled (each series' own days, and the neighbours already published: an unpublished neighbour's
-    completeness cannot change by a reading outside it, and the scheduler assembles it at its deadline)."""
+    the days settled (each series' own days, and the neighbours already published with estimates: an unpublished
+    neighbour's completeness cannot change by a reading outside it, and the scheduler assembles it at its
+    deadline; a complete one's measured points cannot change by it either)."""
     windows: dict[tuple[str, Register], tuple[datetime, datetime]] = {}
     for (meterpoint_id, register), readings in groups.items():
         meterpoint = meterpoints[meterpoint_id]

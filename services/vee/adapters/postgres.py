@@ -215,14 +215,15 @@ async def save_profiles(conn: Connection, changed: dict[tuple[str, Register], tu
 async def published_days(
     conn: Connection, candidates: dict[tuple[str, Register], set[date]]
 ) -> dict[tuple[str, Register], set[date]]:
-    """Which of the candidate days were published already."""
+    """Which of the candidate days were published already and are not complete: a complete day (every interval
+    measured, none rejected) cannot change by a reading outside it, so it is not assembled again for one."""
     flat = [(key, day) for key, days in candidates.items() for day in days]
     if not flat:
         return {}
     rows = await conn.fetch(
         "SELECT d.meterpoint_id, d.register, d.day FROM unnest($1::text[], $2::text[], $3::date[]) "
         "AS c(meterpoint_id, register, day) JOIN days d USING (meterpoint_id, register, day) "
-        "WHERE d.published_version IS NOT NULL",
+        "WHERE d.published_version IS NOT NULL AND NOT d.complete",
         [key[0] for key, _ in flat],
         [str(key[1]) for key, _ in flat],
         [day for _, day in flat],
