@@ -74,6 +74,9 @@ class Rules(BaseModel):
     profile_min_samples: int = Field(default=1, ge=1)
     # Eight weeks of history per hour-of-week: recent enough for the season, enough for a percentile.
     profile_max_samples: int = Field(default=8, ge=1, le=52)
+    # A profile estimate is scaled to the level of the measured day around its gap; at most a day, since a day is
+    # assembled with the day on each side of it and no more.
+    profile_level_hours: float = Field(default=24.0, gt=0, le=24)
 
     def to_domain(self) -> RuleSettings:
         """The domain's view of these numbers."""
@@ -91,6 +94,7 @@ class Rules(BaseModel):
             short_gap_hours=self.short_gap_hours,
             profile_min_samples=self.profile_min_samples,
             profile_max_samples=self.profile_max_samples,
+            profile_level_hours=self.profile_level_hours,
         )
 
 

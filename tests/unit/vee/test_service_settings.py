@@ -16,8 +16,10 @@ from services.vee.settings import VeeSettings
 def test_the_rules_section_fills_the_domains_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VEE_RULES__SPIKE_FACTOR", "4.5")
     monkeypatch.setenv("VEE_RULES__MAX_KWH_PER_HOUR_PRODUCTION", "5000")
+    monkeypatch.setenv("VEE_RULES__PROFILE_LEVEL_HOURS", "12")
     rules = VeeSettings().rules.to_domain()
     assert rules.spike_factor == 4.5
+    assert rules.profile_level_hours == 12
     assert rules.max_kwh_per_hour[MeterpointType.PRODUCTION] == 5000
     assert rules.max_kwh_per_hour[MeterpointType.CONSUMPTION] == 1000  # the others keep their defaults
     assert rules.short_gap_hours == 3.0
@@ -31,6 +33,7 @@ def test_the_rules_section_fills_the_domains_settings(monkeypatch: pytest.Monkey
         ("VEE_GAP_MAX_PER_SCAN", "0"),
         ("VEE_LOOKBACK_DAYS", "400"),
         ("VEE_RULES__SPIKE_FACTOR", "1"),
+        ("VEE_RULES__PROFILE_LEVEL_HOURS", "25"),
         ("VEE_RULES__UNKNOWN", "1"),
         ("VEE_BOUNDARIES__VEE_POSTGRES__BREAKER", "null"),
     ],
