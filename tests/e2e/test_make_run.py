@@ -55,7 +55,7 @@ from tests.e2e.support import (
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.timeout(300)]
 
 SERVICES = ("collection", "customers", "workorders", "readside")
-STARTUP_SECONDS = 90  # stack + four services + provisioning + the first readings through to the read side
+STARTUP_SECONDS = 90  # stack + five services + provisioning + the first readings through to the read side
 STOP_SECONDS = 60
 FLOW_SECONDS = 60  # from an acknowledgement to the read side (or an order), with the simulator running beside
 LOCAL = ZoneInfo("Europe/Copenhagen")  # the read side's and the customers service's calendar
@@ -179,8 +179,13 @@ def test_make_run_from_soap_and_three_channels_to_the_read_side_then_a_clean_sto
         workorders = f"http://127.0.0.1:{env['WORKORDERS_HTTP_PORT']}"
         planner = {"Authorization": f"Bearer {credentials['workorders_key']['key']}"}
         with httpx.Client(base_url=workorders, headers=planner, timeout=5.0) as http:
-            order = http.get("/v1/work-orders", params={"meterpoint_id": alarmed}).json()["items"][0]
-            assert order["customer"]["status"] == "known", order
+            # An order opened before its customer could be looked up (the customers.v1 copy or the SOAP call not
+            # there yet) is created `pending` and filled in by the enrichment job: wait for that, with a deadline.
+            def enriched() -> dict[str, Any] | None:
+                found = http.get("/v1/work-orders", params={"meterpoint_id": alarmed}).json()["items"][0]
+                return found if found["customer"]["status"] == "known" else None
+
+            order = platform.wait_for(enriched, 60.0, "the inspection order's customer")
             assert order["customer"]["customer_id"] == customer
 
         with own_ftp_partner(env, tag) as partner:

@@ -78,7 +78,7 @@ def test_breakers_names_services_it_cannot_reach() -> None:
     result = CliRunner().invoke(app, ["breakers", "--json"], env=closed)
     assert result.exit_code == 0, result.output
     states = json.loads(result.output)
-    assert {state["service"] for state in states} == {"collection", "customers", "workorders", "readside"}
+    assert {state["service"] for state in states} == {"collection", "customers", "workorders", "readside", "vee"}
     assert all(state["state"] is None and state["detail"].startswith("unreachable") for state in states)
 
 
