@@ -149,6 +149,7 @@ async def raw_upload(client: RawFtp, name: str, data: bytes) -> tuple[str, str]:
 # --- 1: unauthenticated memory growth --------------------------------------------------------------------
 
 
+@pytest.mark.timeout(600)  # 104,000 logins: about a minute alone, several on a machine busy with other work
 async def test_unauthenticated_logins_keep_no_state_and_memory_stays_flat(ftp_service: FtpFactory) -> None:
     # Back-off at 0 s keeps 100,000 attempts fast; the failures are still recorded per address (bounded). Each
     # connection makes 25,000 attempts, which on a loaded machine outlast the login timeout (30 s by default): the
