@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -93,6 +93,23 @@ class DeadLetterSink(Protocol):
     async def publish(self, dead_letters: Sequence[DeadLetter]) -> None:
         """Hand every dead letter over; return only when all are durable (raise otherwise)."""
         ...
+
+
+class KafkaDeadLetters:
+    """Publishes the original record with ``dlq.*`` headers to ``<topic>.dlq`` and waits for every ack."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    async def publish(self, dead_letters: Sequence[DeadLetter]) -> None:
+        """Send all, then wait for all acks (the no-loss producer: acks=all, idempotent)."""
+        pending = []
+        for dead in dead_letters:
+            source, topic = dead.source, dead.topic
+            if source is None or topic is None:
+                raise ValueError("a consumer's dead letter always has its source record")
+            pending.append(await self._producer.send(topic, value=source.value, key=source.key, headers=dead.headers()))
+        await asyncio.gather(*pending)
 
 
 Decoder = Callable[[ConsumerRecord[bytes, bytes]], CloudEvent[Any]]
@@ -339,6 +356,7 @@ __all__ = [
     "DecodedBatch",
     "Decoder",
     "Fenced",
+    "KafkaDeadLetters",
     "OffsetAdvance",
     "TransactionalConsumer",
     "TransactionalStore",

@@ -29,6 +29,7 @@ from libs.flowcontrol.asgi import FlowControlMiddleware, client_key_resolver
 from libs.flowcontrol.delivery import DeliveryPolicy
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.policy import Boundary, build_boundary
+from libs.flowcontrol.transactional import KafkaDeadLetters
 from libs.platform.apikeys import KeyStore, KeyStoreSlot, set_key_store
 from libs.platform.apikeys_asgi import ApiKeyMiddleware, CachedKeyStore
 from libs.platform.apikeys_store import PostgresKeyStore
@@ -38,7 +39,7 @@ from libs.platform.kafka import kafka_readiness, start_producer
 from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.tasks import OnFatal, run_in_background
-from services.readside.adapters.kafka import KafkaDeadLetters, group_consumer
+from services.readside.adapters.kafka import group_consumer
 from services.readside.adapters.schema import prepare_database
 from services.readside.adapters.writer import ViewWriter
 from services.readside.batches import BatchApplier, roles_of

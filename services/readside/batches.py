@@ -17,7 +17,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from libs.events import CloudEvent, InvalidEvent, InvalidReason, MeterReadingReceived, from_record
 from libs.flowcontrol.delivery import DeadLetter, DeliveryPolicy, Reject, SourceRecord, deliver
-from services.readside.adapters.kafka import DeadLetterSink
+from libs.flowcontrol.transactional import DeadLetterSink
 from services.readside.adapters.writer import OffsetAdvance, ViewWriter
 from services.readside.metrics import ReadsideMetrics
 from services.readside.projections import TopicRole, ViewChanges, project

@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from libs.flowcontrol.delivery import DeliveryPolicy
 from libs.flowcontrol.metrics import FlowMetrics
 from libs.flowcontrol.policy import Boundary, build_boundary
-from libs.flowcontrol.transactional import TransactionalConsumer
+from libs.flowcontrol.transactional import KafkaDeadLetters, TransactionalConsumer
 from libs.platform.database import open_database
 from libs.platform.db import postgres_readiness
 from libs.platform.health import ReadinessRegistry, health_router, probe_check
@@ -34,7 +34,7 @@ from libs.platform.logging import CorrelationIdMiddleware
 from libs.platform.metrics import RequestMetricsMiddleware, mount_metrics
 from libs.platform.outbox import OutboxMetrics, run_outbox_relay, watch_outbox_backlog
 from libs.platform.tasks import OnFatal, run_in_background
-from services.vee.adapters.kafka import KafkaDeadLetters, group_consumer
+from services.vee.adapters.kafka import group_consumer
 from services.vee.adapters.postgres import ALL_MIGRATIONS
 from services.vee.entrypoints.api import api_router
 from services.vee.entrypoints.consumers import VeeStore, decoder

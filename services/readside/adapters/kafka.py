@@ -1,44 +1,18 @@
-"""Kafka side of the read side: the group consumer, a manually assigned replay consumer, dead-letter sinks."""
+"""Kafka side of the read side: the group consumer, a manually assigned replay consumer, dead-letter sinks (the
+library's Kafka one, and a logging one for replays)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from libs.flowcontrol.delivery import DeadLetter
 from services.readside.settings import ReadsideSettings
 
 logger = logging.getLogger(__name__)
-
-
-class DeadLetterSink(Protocol):
-    """Where poison records go before their offsets are stored as done."""
-
-    async def publish(self, dead_letters: Sequence[DeadLetter]) -> None:
-        """Hand every dead letter over; return only when all are durable (raise otherwise)."""
-        ...
-
-
-class KafkaDeadLetters:
-    """Publishes the original record with ``dlq.*`` headers to ``<topic>.dlq`` and waits for every ack."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-
-    async def publish(self, dead_letters: Sequence[DeadLetter]) -> None:
-        """Send all, then wait for all acks (the no-loss producer: acks=all, idempotent)."""
-        pending = []
-        for dead in dead_letters:
-            source, topic = dead.source, dead.topic
-            if source is None or topic is None:
-                raise ValueError("a consumer's dead letter always has its source record")
-            pending.append(await self._producer.send(topic, value=source.value, key=source.key, headers=dead.headers()))
-        await asyncio.gather(*pending)
 
 
 class LoggedDeadLetters:

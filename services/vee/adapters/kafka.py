@@ -1,30 +1,11 @@
-"""Kafka side of the VEE service: the group consumer (offsets in PostgreSQL) and the dead-letter sink."""
+"""Kafka side of the VEE service: the group consumer (offsets in PostgreSQL); dead letters go through the
+library's ``KafkaDeadLetters``."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from aiokafka import AIOKafkaConsumer
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-from libs.flowcontrol.delivery import DeadLetter
 from services.vee.settings import VeeSettings
-
-
-class KafkaDeadLetters:
-    """Publishes the original record with ``dlq.*`` headers to ``<topic>.dlq`` and waits for every ack."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-
-    async def publish(self, dead_letters: Sequence[DeadLetter]) -> None:
-        pending = []
-        for dead in dead_letters:
-            source, topic = dead.source, dead.topic
-            if source is None or topic is None:
-                raise ValueError("a consumer's dead letter always has its source record")
-            pending.append(await self._producer.send(topic, value=source.value, key=source.key, headers=dead.headers()))
-        await asyncio.gather(*pending)
 
 
 def group_consumer(settings: VeeSettings) -> AIOKafkaConsumer:

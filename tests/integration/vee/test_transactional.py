@@ -14,9 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from libs.flowcontrol.breaker import CircuitBreaker
-from libs.flowcontrol.transactional import DecodedBatch, Fenced, TransactionalConsumer
+from libs.flowcontrol.transactional import DecodedBatch, Fenced, KafkaDeadLetters, TransactionalConsumer
 from libs.platform.kafka import start_producer
-from services.vee.adapters.kafka import KafkaDeadLetters
 from services.vee.entrypoints.consumers import decoder
 from tests.integration.vee.support import Topics, consume_until, gsrn, meterpoint, produce, reading, wait_for
 
