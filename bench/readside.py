@@ -126,8 +126,9 @@ def readings(params: Params, first_interval: int = 0) -> list[KafkaRecord]:
     return records
 
 
-async def produce(bootstrap: str, topic: str, records: list[KafkaRecord]) -> None:
-    producer = await start_producer(bootstrap, "bench-readside", linger_ms=10)
+async def produce(bootstrap: str, topic: str, records: list[KafkaRecord], client_id: str = "bench-readside") -> None:
+    """``records`` into ``topic``, 20,000 in flight at a time, every one acknowledged."""
+    producer = await start_producer(bootstrap, client_id, linger_ms=10)
     try:
         for start in range(0, len(records), 20_000):
             futures = [

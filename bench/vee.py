@@ -57,7 +57,7 @@ from bench.common import (
     scale_of,
     scaled_count,
 )
-from bench.readside import readside_consume
+from bench.readside import produce, readside_consume
 from libs.events import KafkaRecord, MeterReadingReceived, Quality, Register, Resolution, Unit, make_event, to_record
 from libs.events.gsrn import with_check_digit
 from libs.events.meterpoints import (
@@ -205,19 +205,6 @@ def readings(params: Params, first_step: int = 0, steps: int | None = None) -> l
                 to_record(make_event(reading_data(gsrn, index, step), source="/gridhub/collection", time=end))
             )
     return records
-
-
-async def produce(bootstrap: str, topic: str, records: list[KafkaRecord]) -> None:
-    producer = await start_producer(bootstrap, "bench-vee", linger_ms=10)
-    try:
-        for start in range(0, len(records), 20_000):
-            futures = [
-                await producer.send(topic, value=r.value, key=r.key, headers=r.headers)
-                for r in records[start : start + 20_000]
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def stored_offsets(conn: asyncpg.Connection[Any], schema: str, topic: str) -> dict[int, int]:
@@ -518,7 +505,7 @@ async def measure(params: Params) -> Figures:
     latencies: list[Latency] = []
     try:
         async with private_topics(bootstrap, names.all):
-            await produce(bootstrap, names.meterpoints, master_data(params))
+            await produce(bootstrap, names.meterpoints, master_data(params), "bench-vee")
             emit(f"vee bench: {params.meterpoints} meterpoints registered; VEE reads them first, once per round")
             for round_ in range(params.rounds):
                 settings = vee_settings(vee_dsn, bootstrap, names, params, round_)
@@ -526,7 +513,7 @@ async def measure(params: Params) -> Figures:
             records = readings(params)
             total = len(records)
             started = time.perf_counter()
-            await produce(bootstrap, names.readings, records)
+            await produce(bootstrap, names.readings, records, "bench-vee")
             produce_seconds = time.perf_counter() - started
             expected = expected_energy(records)
             del records  # neither service holds the log in memory
