@@ -38,8 +38,20 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def served(app: Any, settings: ServiceSettings, *, timeout: float = 30.0) -> AsyncIterator[str]:
     """Run ``app`` (its lifespan included) on ``settings``' ports until the block ends; yields the base URL."""
-    server = uvicorn.Server(server_config(app, settings))
     sockets = listen_sockets(settings)
+    try:
+        async with running(uvicorn.Server(server_config(app, settings)), sockets=sockets, timeout=timeout):
+            yield f"http://{settings.http_host}:{settings.http_port}"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    server: uvicorn.Server, *, sockets: list[socket.socket] | None = None, timeout: float = 30.0
+) -> AsyncIterator[None]:
+    """``server`` serving (on ``sockets``, else its configured port) from when it started until the block ends."""
     task = asyncio.create_task(server.serve(sockets=sockets))
     try:
         deadline = time.monotonic() + timeout
@@ -50,13 +62,11 @@ async def served(app: Any, settings: ServiceSettings, *, timeout: float = 30.0) 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the server did not start within {timeout} s")
             await asyncio.sleep(0.01)
-        yield f"http://{settings.http_host}:{settings.http_port}"
+        yield
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 20.0)
-        for sock in sockets:
-            sock.close()
 
 
 class SlowClient:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,7 +10,7 @@ import httpx
 import uvicorn
 
 from stack.dev.datahub import DatahubStandIn, create_app
-from tests.integration.http_support import free_port
+from tests.integration.http_support import free_port, running
 
 
 @dataclass
@@ -33,21 +31,8 @@ async def serving(standin: DatahubStandIn, *, timeout: float = 20.0) -> AsyncIte
     """Serve the stand-in on 127.0.0.1 until the block ends; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(standin), host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the stand-in stopped before it started")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the stand-in did not start within {timeout} s")
-            await asyncio.sleep(0.01)
+    async with running(server, timeout=timeout):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 20.0)
 
 
 async def token(client: httpx.AsyncClient, client_id: str, secret: str) -> str:
